@@ -1,0 +1,321 @@
+"""Command-line layer: parses arguments and wires Client, Tree and the FUSE adapter together.
+
+The only module that builds objects from user input; expected failures are one
+line on stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure,
+2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlsplit
+
+from desfs import __version__
+from desfs.mounting import MountError, check_mountpoint, find_mount, unmount
+
+log = logging.getLogger("desfs")
+
+UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2."""
+
+
+def parse_size(text: str) -> int:
+    """'256M', '1G', '65536', '1.5G' → bytes (binary units)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
+    unit = value[-1] if value[-1] in UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 2G)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return int(number * UNITS[unit])
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def source_url(text: str) -> str:
+    """The folder URL of SOURCE: scheme checked, `/json` suffix dropped, trailing slash added."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(
+            f"SOURCE must be the URL of a job folder (https://<host>/files-desaccess/<user>/<type>/<job_id>/), got {text!r}"
+        )
+    url = text.split("#", 1)[0]
+    if url.endswith("/json"):
+        url = url[: -len("json")]
+    return url if url.endswith("/") else url + "/"
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("network")
+    g.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="longest wait for the server on any one network operation (default: 30)")
+    g.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="further tries after a lost connection, a cut body or HTTP 5xx/429 (default: 3)")
+    g.add_argument("--ca-bundle", metavar="FILE", help="CA certificates to verify the server with (private CAs)")
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("caching")
+    g.add_argument("--cache-size", type=parse_size, default=parse_size("256M"), metavar="SIZE",
+                   help="memory for cached file blocks, e.g. 512M, 2G (default: 256M)")
+    g.add_argument("--block-size", type=parse_size, default=parse_size("1M"), metavar="SIZE",
+                   help="bytes fetched per range request and cached together (default: 1M)")
+    g.add_argument("--listing-ttl", type=positive_float, default=120.0, metavar="SECONDS",
+                   help="how long a folder listing is trusted before it is fetched again (default: 120)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="desfs", description="Mount DESaccess job output as a read-only filesystem, reading only the bytes you need.")
+    parser.add_argument("--version", action="version", version=f"desfs {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    m = sub.add_parser("mount", help="mount a job folder", description=(
+        "Mount the job folder at SOURCE (a URL whose folders answer <folder>/json) on MOUNTPOINT. "
+        "Goes to the background once the mount is live, unless -f."))
+    m.add_argument("source", metavar="SOURCE", nargs="?", help="URL of a job folder or of any folder below one")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="FUSE mount options, passed through (e.g. allow_other)")
+    m.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    m.add_argument("--log-file", metavar="FILE",
+                   help="where a background mount logs (default: ~/.cache/desfs/mount.log)")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    add_client_options(m)
+    add_cache_options(m)
+
+    u = sub.add_parser("umount", help="unmount a desfs mount", description=(
+        "Unmount a desfs mount; also cleans up a mount whose process died."))
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
+        "Start a local file server that answers like the DES file server, over a generated sample "
+        "cutout job and query job, and mount the cutout job. Ctrl-C unmounts and stops."))
+    d.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder (default: a temporary one)")
+    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"desfs {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (MountError, OSError) as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"desfs {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("desfs: interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING
+    target = getattr(args, "log_file", None)
+    handler: logging.Handler
+    if target and getattr(args, "foreground", False):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        handler = logging.FileHandler(target)
+        level = logging.DEBUG if args.debug else logging.INFO
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if not args.debug:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+# -- mount --------------------------------------------------------------------
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    if args.mountpoint is None:
+        if args.source is None:
+            raise UsageError("give SOURCE and MOUNTPOINT: desfs mount https://<host>/files-desaccess/<user>/<type>/<job_id>/ ~/des")
+        raise UsageError(
+            "mounting every job of an account (desfs mount MOUNTPOINT) is not available yet: "
+            "give the URL of a job folder, desfs mount URL MOUNTPOINT")
+    url = source_url(args.source)
+    if not args.foreground:
+        return _mount_in_background(args, url)
+    return _serve(args, url, ready_fd=args.ready_fd)
+
+
+def _mount_options(args: argparse.Namespace, url: str) -> dict:
+    options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs",
+                     "fsname": "desfs:" + url.replace(",", "%2C")}
+    for group in args.options:
+        for opt in filter(None, group.split(",")):
+            key, eq, value = opt.partition("=")
+            if key in ("rw",):
+                raise UsageError("desfs is read-only: option 'rw' is not supported")
+            options[key] = value if eq else True
+    return options
+
+
+def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
+    """Mount and serve in this process until unmounted; report readiness or failure on `ready_fd`."""
+    from desfs.client import Client
+    from desfs.fuse_ops import DesfsOperations, run
+    from desfs.tree import Tree, TreeSettings
+
+    def report(line: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    try:
+        mountpoint = check_mountpoint(args.mountpoint)
+        options = _mount_options(args, url)
+        client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle)
+        settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size)
+        tree = Tree(client, settings)
+        try:
+            tree.list_dir("/")
+        except OSError as exc:
+            raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
+    except (MountError, UsageError, ValueError) as exc:
+        report(f"error: {exc}")
+        raise
+    ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()))
+    log.info("mounting %s on %s", url, mountpoint)
+    try:
+        run(ops, mountpoint, options)
+    except RuntimeError as exc:
+        report(f"error: FUSE could not mount {mountpoint} (is /dev/fuse there, is fusermount installed?)")
+        raise MountError(f"FUSE could not mount {mountpoint} ({exc})") from None
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def _mount_in_background(args: argparse.Namespace, url: str) -> int:
+    mountpoint = check_mountpoint(args.mountpoint)  # fail fast, before a child exists
+    log_file = os.path.abspath(os.path.expanduser(args.log_file or "~/.cache/desfs/mount.log"))
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    read_end, write_end = os.pipe()
+    child = [sys.executable, "-m", "desfs"] + (["--debug"] if args.debug else []) + [
+        "mount", "--foreground", "--ready-fd", str(write_end), "--log-file", log_file,
+        "--timeout", repr(args.timeout), "--retries", str(args.retries),
+        "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
+        "--listing-ttl", repr(args.listing_ttl)]
+    for group in args.options:
+        child += ["-o", group]
+    if args.ca_bundle:
+        child += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
+    child += [url, mountpoint]
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",
+                                pass_fds=(write_end,), start_new_session=True)
+    os.close(write_end)
+    # The child answers after its first listing (bounded by timeout and retries) and the FUSE init.
+    deadline = time.monotonic() + args.timeout * (args.retries + 1) + 30
+    answer = b""
+    try:
+        while b"\n" not in answer and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], 0.5)
+            if ready:
+                chunk = os.read(read_end, 4096)
+                if not chunk:
+                    break
+                answer += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(read_end)
+    line = answer.decode(errors="replace").strip()
+    if line == "ok":
+        for _ in range(100):  # the mount is in the table before INIT is answered; make sure
+            if find_mount(mountpoint):
+                break
+            time.sleep(0.05)
+        log.debug("mounted %s on %s (pid %d, log %s)", url, mountpoint, proc.pid, log_file)
+        return 0
+    if proc.poll() is None:
+        proc.terminate()
+    if line.startswith("error: "):
+        raise MountError(line[len("error: "):])
+    raise MountError(f"the mount process stopped before the mount was live; see {log_file}")
+
+
+# -- umount, demo ---------------------------------------------------------------
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    what = unmount(args.mountpoint)
+    if what != "unmounted":
+        print(f"desfs umount: {args.mountpoint}: {what}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from desfs.sample import make_sample
+    from desfs.server import DesServer
+
+    workdir = tempfile.mkdtemp(prefix="desfs-demo-")
+    made_mountpoint = args.mountpoint is None
+    mountpoint = args.mountpoint or os.path.join(workdir, "mnt")
+    if made_mountpoint:
+        os.mkdir(mountpoint)
+    sample = make_sample(os.path.join(workdir, "server"))
+    server = DesServer(os.path.join(workdir, "server")).start()
+    url = sample.url(server.base_url)
+
+    def tell() -> None:
+        mp = mountpoint
+        print(f"desfs demo: a sample cutout job is mounted on {mp}\n"
+              f"  served by a local DES-like file server at {url}\n"
+              f"Try, in another terminal:\n"
+              f"  ls -lR {mp}\n"
+              f"  cat {mp}/positions_{sample.cutout_job}.csv\n"
+              f"  python3 -c \"from astropy.io import fits; fits.info('{mp}/DES0305-3415/"
+              f"DESJ030510.9606-341521.6000/DESJ030510.9606-341521.6000_r.fits')\"\n"
+              f"  desfs mount {sample.url(server.base_url, 'query')} /some/empty/folder   (the sample query job)\n"
+              f"Press Ctrl-C here to unmount and stop.", flush=True)
+
+    mount_args = argparse.Namespace(
+        mountpoint=mountpoint, options=[], timeout=30.0, retries=3, ca_bundle=None, cache_size=parse_size("256M"),
+        block_size=parse_size("1M"), listing_ttl=120.0, debug=args.debug, on_ready=tell)
+    try:
+        return _serve(mount_args, url, ready_fd=None)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("desfs demo: unmounted and stopped", file=sys.stderr)
+
+
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo}

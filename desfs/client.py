@@ -1,0 +1,313 @@
+"""HTTP layer: the only module that imports requests.
+
+Knows URLs, HTTP status codes, Range/If-Range and retries; knows nothing of
+caches, FUSE or the command line. Paths are mount paths ("/", "/a/b c"): each
+segment is percent-encoded here and nowhere else. Ranges are half-open
+[start, stop) everywhere; the inclusive HTTP form is written in `_range_header`
+alone. Every failure leaves as a desfs.errors exception with a real errno.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import quote, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from desfs import __version__
+from desfs.errors import AccessDenied, BadListing, DesfsError, NotFound, ServerError, Stale, Timeout
+from desfs.listing import Entry, parse_listing
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+LISTING_MAX_BYTES = 64 * 1024 * 1024
+RETRY_AFTER_MAX = 30.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class _Retryable(Exception):
+    """A failure worth another try: connection lost, body cut short, 5xx/429."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Client:
+    """Reads listings and byte ranges below one base folder URL.
+
+    `timeout` bounds every wait on the network (connect, and each read of the
+    socket); `retries` is how many more tries a retryable failure gets, with
+    exponential backoff starting at `backoff` seconds (a Retry-After is honoured).
+    Thread-safe: one connection pool serves every thread.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        connections: int = 16,
+        ca_bundle: str | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not base_url.endswith("/"):
+            base_url += "/"
+        scheme = urlsplit(base_url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self.base_url = base_url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = session or requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = f"desfs/{__version__}"
+        if ca_bundle:
+            self.session.verify = ca_bundle
+        self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()
+
+    # -- URLs ---------------------------------------------------------------
+
+    def url(self, path: str, folder: bool = False) -> str:
+        """URL of a mount path; a folder's URL ends with '/'."""
+        segments = [quote(s, safe="") for s in path.split("/") if s]
+        url = self.base_url + "/".join(segments)
+        if folder and segments:
+            url += "/"
+        return url
+
+    # -- operations ---------------------------------------------------------
+
+    def list_dir(self, path: str) -> list[Entry]:
+        """The entries of a folder, from its `<folder>/json` listing."""
+        url = self.url(path, folder=True) + "json"
+
+        def consume(resp: requests.Response) -> bytes:
+            body = bytearray()
+            for chunk in resp.iter_content(CHUNK_BYTES):
+                body += chunk
+                if len(body) > LISTING_MAX_BYTES:
+                    raise BadListing(f"folder listing larger than {LISTING_MAX_BYTES} bytes", url)
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and "Content-Encoding" not in resp.headers and int(declared) != len(body):
+                raise _Retryable(f"listing cut short ({len(body)} of {declared} bytes)")
+            return bytes(body)
+
+        body = self._call("GET", url, {}, consume)
+        return parse_listing(body, url)
+
+    def stat(self, path: str) -> Entry:
+        """Size and mtime of a file from a HEAD request (for a file named by URL alone)."""
+        url = self.url(path)
+
+        def consume(resp: requests.Response) -> Entry:
+            size = int(resp.headers.get("Content-Length", "0"))
+            name = [s for s in path.split("/") if s][-1] if path.strip("/") else ""
+            return Entry(name=name, is_dir=False, size=size, mtime=_http_time(resp.headers.get("Last-Modified")))
+
+        return self._call("HEAD", url, {}, consume)
+
+    def read_range(self, path: str, start: int, stop: int, expect: Entry) -> bytes:
+        """Bytes [start, stop) of the version `expect` of a file; exactly stop - start of them."""
+        buf = bytearray()
+        self.fetch(path, start, stop, expect, buf.extend)
+        return bytes(buf)
+
+    def fetch(self, path: str, start: int, stop: int, expect: Entry, write: Callable[[bytes], object]) -> None:
+        """Stream bytes [start, stop) of version `expect` into `write`, resuming after a retry.
+
+        Raises Stale when the server holds another version than `expect`
+        (If-Range with its mtime, and the size in Content-Range, tell).
+        """
+        if not 0 <= start <= stop <= expect.size:
+            raise ValueError(f"range [{start}, {stop}) outside a file of {expect.size} bytes")
+        url = self.url(path)
+        done = 0  # bytes already handed to `write`, kept across retries
+
+        def consume(resp: requests.Response) -> None:
+            nonlocal done
+            offset = start + done
+            if resp.status_code == 206:
+                first, total = _parse_content_range(resp.headers.get("Content-Range"), url)
+                if total is not None and total != expect.size:
+                    raise Stale(f"file changed on the server (size {total}, expected {expect.size})", url)
+                if first != offset:
+                    self._warn_once("content-range", f"server answered a wrong Content-Range for {url}")
+                    raise ServerError(f"server answered bytes from {first}, asked for {offset}", url)
+                skip = 0
+            else:  # 200: the server ignored Range, or the file changed (If-Range failed)
+                self._check_version(resp, expect, url)
+                self._warn_once("ignores-range", f"server ignores Range requests ({url}): reading whole bodies")
+                skip = offset
+            want = stop - offset
+            raw = resp.raw
+            while skip:
+                chunk = raw.read(min(skip, CHUNK_BYTES), decode_content=False)
+                if not chunk:
+                    raise _Retryable("body ended before the requested range")
+                skip -= len(chunk)
+            while want:
+                chunk = raw.read(min(want, CHUNK_BYTES), decode_content=False)
+                if not chunk:
+                    raise _Retryable(f"body cut short ({stop - start - done - want} bytes missing)")
+                write(chunk)
+                done += len(chunk)
+                want -= len(chunk)
+
+        def headers() -> dict[str, str]:
+            h = {"Range": _range_header(start + done, stop), "Accept-Encoding": "identity"}
+            if expect.mtime > 0:
+                h["If-Range"] = formatdate(expect.mtime, usegmt=True)
+            return h
+
+        if start == stop:
+            return
+        self._call("GET", url, headers, consume)
+
+    # -- the one place that talks to the network ----------------------------
+
+    def _call(self, method, url, headers, consume):
+        """Send a request and hand the answer to `consume`, retrying what is worth retrying.
+
+        `headers` is a dict or a callable that makes one per try (a resumed
+        range). 404/410 → NotFound and 401/403 → AccessDenied at once; a
+        timeout → Timeout at once (a stalled server must not cost retries ×
+        timeout); connection failures, 5xx/429 and cut bodies are retried.
+        """
+        attempt = 0
+        while True:
+            try:
+                return self._try_once(method, url, headers() if callable(headers) else headers, consume)
+            except _Retryable as exc:
+                if attempt >= self.retries:
+                    raise ServerError(f"{exc} (after {attempt + 1} tries)", url) from None
+                delay = exc.delay if exc.delay is not None else self.backoff * (2**attempt)
+                delay *= 1 + random.random() * 0.25
+                log.info("retrying %s %s in %.2fs: %s", method, url, delay, exc)
+                attempt += 1
+                time.sleep(delay)
+
+    def _try_once(self, method, url, headers, consume):
+        started = time.monotonic()
+        try:
+            resp = self.session.request(
+                method, url, headers=headers, timeout=(self.timeout, self.timeout), stream=True, allow_redirects=True
+            )
+        except requests.Timeout as exc:
+            raise Timeout(f"no answer within {self.timeout:g} s", url) from exc
+        except requests.exceptions.InvalidURL as exc:
+            raise DesfsError(f"invalid URL ({exc})", url) from None
+        except requests.exceptions.SSLError as exc:
+            raise DesfsError(f"TLS error ({_reason(exc)})", url) from None
+        except requests.ConnectionError as exc:
+            raise _Retryable(f"cannot connect ({_reason(exc)})") from None
+        with resp:
+            log.debug("%s %s %s -> %d", method, url, headers.get("Range", ""), resp.status_code)
+            status = resp.status_code
+            if status in (404, 410):
+                raise NotFound("not found on the server (HTTP %d)" % status, url)
+            if status in (401, 403):
+                raise AccessDenied("access denied by the server (HTTP %d)" % status, url)
+            if status in RETRY_STATUSES:
+                raise _Retryable(f"server answered HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            if status == 416:
+                raise Stale("range not satisfiable: the file is shorter than listed", url)
+            if status >= 300:
+                raise ServerError(f"unexpected answer HTTP {status}", url)
+            try:
+                result = consume(resp)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+                if isinstance(exc, DesfsError):
+                    raise
+                if _is_timeout(exc):
+                    raise Timeout(f"server stopped sending for {self.timeout:g} s", url) from None
+                raise _Retryable(f"connection lost mid-answer ({_reason(exc)})") from None
+            log.debug("%s %s done in %.0f ms", method, url, (time.monotonic() - started) * 1000)
+            return result
+
+    def _check_version(self, resp: requests.Response, expect: Entry, url: str) -> None:
+        length = resp.headers.get("Content-Length")
+        modified = _http_time(resp.headers.get("Last-Modified"))
+        if (length is not None and int(length) != expect.size) or (
+            modified and expect.mtime and abs(modified - expect.mtime) >= 1
+        ):
+            raise Stale("file changed on the server since it was listed", url)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._warn_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning("%s", message)
+
+
+def _range_header(start: int, stop: int) -> str:
+    """The HTTP Range header for the half-open byte range [start, stop)."""
+    return f"bytes={start}-{stop - 1}"
+
+
+def _parse_content_range(value: str | None, url: str) -> tuple[int, int | None]:
+    """(first byte, total size or None) of a `bytes a-b/total` header."""
+    try:
+        unit, _, spec = (value or "").partition(" ")
+        span, _, total = spec.partition("/")
+        first = int(span.split("-")[0])
+        if unit != "bytes":
+            raise ValueError
+        return first, (None if total == "*" else int(total))
+    except ValueError:
+        raise ServerError(f"206 answer with a bad Content-Range {value!r}", url) from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _http_time(value) - time.time()
+    return max(0.0, min(seconds, RETRY_AFTER_MAX))
+
+
+def _http_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+
+
+def _is_timeout(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (TimeoutError, requests.Timeout)) or "timed out" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        seen += 1
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "Connection reset", "timed out",
+                   "Temporary failure in name resolution", "No route to host", "IncompleteRead",
+                   "certificate verify failed"):
+        if marker in text:
+            return marker
+    return type(exc).__name__

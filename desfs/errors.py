@@ -1,0 +1,54 @@
+"""Errors shared by every layer; imports nothing of desfs.
+
+Each error is an OSError with a real errno, so the FUSE adapter can pass it on
+unchanged and a CLI can print it as one line:
+
+    DesfsError(OSError)                        EIO      any other failure
+    ├── NotFound(DesfsError, FileNotFoundError)  ENOENT   404, 410, a name not in a listing
+    ├── AccessDenied(DesfsError, PermissionError) EACCES  401, 403
+    ├── Timeout(DesfsError, TimeoutError)      ETIMEDOUT  no answer within --timeout
+    ├── Stale(DesfsError)                      ESTALE   the file changed on the server while open
+    ├── ServerError(DesfsError)                EIO      5xx/429 after retries, connection failures
+    └── BadListing(DesfsError)                 EIO      a `/json` listing that is not a listing
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class DesfsError(OSError):
+    """Root of every desfs error; errno EIO unless a subclass says otherwise."""
+
+    default_errno = errno.EIO
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(self.default_errno, message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.strerror if not self.url else f"{self.strerror}: {self.url}"
+
+
+class NotFound(DesfsError, FileNotFoundError):
+    default_errno = errno.ENOENT
+
+
+class AccessDenied(DesfsError, PermissionError):
+    default_errno = errno.EACCES
+
+
+class Timeout(DesfsError, TimeoutError):
+    default_errno = errno.ETIMEDOUT
+
+
+class Stale(DesfsError):
+    default_errno = errno.ESTALE
+
+
+class ServerError(DesfsError):
+    default_errno = errno.EIO
+
+
+class BadListing(DesfsError):
+    default_errno = errno.EIO

@@ -1,0 +1,162 @@
+"""FUSE adapter layer: the only module that imports fuse (fusepy).
+
+Turns the Tree's plain records into st_* dicts, file handles and errnos; holds
+no HTTP and no caching of its own. Every callback goes through `_errno`, so
+nothing but an OSError with a real errno reaches fusepy (which would turn
+anything else into EINVAL, and an errno of None into ERANGE).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fuse import FUSE, FuseOSError, Operations
+
+from desfs.listing import Entry
+from desfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = stat.S_IFDIR | 0o555
+FILE_MODE = stat.S_IFREG | 0o444
+BLKSIZE = 1024 * 1024  # tells cp, cat and friends to read in big chunks
+
+
+_QUIET = frozenset({errno.ENOENT, errno.EROFS, errno.EISDIR, errno.ENOTDIR})  # a user's mistake, not a fault
+
+
+def _errno(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if isinstance(exc.errno, int) and exc.errno > 0:
+                if exc.errno not in _QUIET:
+                    log.warning("%s%r: %s", method.__name__, args[:1], exc)
+                raise FuseOSError(exc.errno) from None
+            log.error("%s%r failed", method.__name__, args[:1], exc_info=True)
+            raise FuseOSError(errno.EIO) from None
+        except Exception:
+            log.error("%s%r failed", method.__name__, args[:1], exc_info=True)
+            raise FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Handle:
+    path: str
+    entry: Entry  # the version this open file reads, whatever the server does meanwhile
+
+
+class DesfsOperations(Operations):
+    """Read-only FUSE operations over a Tree.
+
+    Writes, creates, renames, chmod and the rest are not defined here: fusepy's
+    Operations base answers EROFS to them (and the mount is `ro`). Opening for
+    writing answers EROFS too.
+    """
+
+    use_ns = True
+
+    def __init__(self, tree: Tree, on_ready: Callable[[], None] | None = None) -> None:
+        self.tree = tree
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._on_ready = on_ready
+        self._handles: dict[int, Handle] = {}
+        self._opened_versions: dict[str, tuple] = {}
+        self._next_fh = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def init(self, path):
+        if self._on_ready:
+            self._on_ready()
+
+    @_errno
+    def getattr(self, path, fh=None):
+        return self._stat(self.tree.lookup(path))
+
+    @_errno
+    def readdir(self, path, fh):
+        entries = self.tree.list_dir(path)
+        return [".", ".."] + [(name, self._stat(e), 0) for name, e in entries.items()]
+
+    @_errno
+    def open(self, path, fi):
+        if fi.flags & os.O_ACCMODE != os.O_RDONLY or fi.flags & (os.O_TRUNC | os.O_CREAT):
+            raise FuseOSError(errno.EROFS)
+        entry = self.tree.lookup(path)
+        if entry.is_dir:
+            raise FuseOSError(errno.EISDIR)
+        with self._lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = Handle(path, entry)
+            # Keep the kernel's page cache while the version is the one last opened.
+            previous = self._opened_versions.get(path)
+            fi.keep_cache = int(previous is None or previous == entry.version)
+            self._opened_versions[path] = entry.version
+        fi.fh = fh
+        return 0
+
+    @_errno
+    def read(self, path, size, offset, fi):
+        handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return self.tree.read(handle.path, handle.entry, offset, size)
+
+    @_errno
+    def release(self, path, fi):
+        with self._lock:
+            self._handles.pop(fi.fh, None)
+        return 0
+
+    @_errno
+    def opendir(self, path):
+        if not self.tree.lookup(path).is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        return 0
+
+    @_errno
+    def access(self, path, amode):
+        self.tree.lookup(path)
+        if amode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    def statfs(self, path):
+        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": 255}
+
+    def _stat(self, entry: Entry) -> dict:
+        ns = int(entry.mtime * 1e9)
+        if entry.is_dir:
+            mode, size = DIR_MODE, 0
+        else:
+            mode, size = FILE_MODE, entry.size
+        return {
+            "st_mode": mode,
+            "st_nlink": 1,  # unknown link count: find and du must not guess sub-folder counts
+            "st_size": size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_mtime": ns,
+            "st_ctime": ns,
+            "st_atime": ns,
+            "st_blksize": BLKSIZE,
+            "st_blocks": (size + 511) // 512,
+        }
+
+
+def run(operations: DesfsOperations, mountpoint: str, options: dict) -> None:
+    """Serve the mount in this thread until it is unmounted (or Ctrl-C)."""
+    logging.getLogger("fuse").setLevel(logging.INFO)  # fusepy logs a traceback for every ENOENT at DEBUG
+    FUSE(operations, mountpoint, raw_fi=True, foreground=True, **options)

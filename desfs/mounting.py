@@ -1,0 +1,115 @@
+"""Mount lifecycle: is a path mounted, can it be mounted on, and unmounting it.
+
+Reads /proc/self/mountinfo and runs fusermount; knows nothing of HTTP, caches
+or FUSE callbacks. Failures are MountError with a one-line message for the user.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+FSTYPE = "fuse.desfs"
+
+
+class MountError(Exception):
+    """A mount or unmount that cannot be done; str() is the line shown to the user."""
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo
+    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def mounts() -> list[MountInfo]:
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 2:
+                found.append(MountInfo(_unescape(fields[4]), tail[0], _unescape(tail[1])))
+    return found
+
+
+def absolute(path: str) -> str:
+    """Absolute path with symlinks resolved, without touching the (maybe dead) last component."""
+    path = os.path.abspath(os.path.expanduser(path))
+    head, tail = os.path.split(path)
+    return os.path.join(os.path.realpath(head), tail)
+
+
+def find_mount(path: str) -> MountInfo | None:
+    target = absolute(path)
+    found = [m for m in mounts() if m.mountpoint == target]
+    return found[-1] if found else None
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or MountError saying why nothing can be mounted there."""
+    target = absolute(path)
+    if find_mount(target):
+        raise MountError(f"{path} is already a mount point (desfs umount {path} first)")
+    try:
+        names = os.listdir(target)
+    except FileNotFoundError:
+        raise MountError(f"mount point {path} does not exist (mkdir it first)") from None
+    except NotADirectoryError:
+        raise MountError(f"mount point {path} is not a folder") from None
+    except OSError as exc:
+        raise MountError(f"mount point {path}: {exc.strerror}") from None
+    if names:
+        raise MountError(f"mount point {path} is not empty")
+    if not os.access(target, os.W_OK) and os.getuid() != 0:
+        raise MountError(f"mount point {path}: permission denied")
+    return target
+
+
+def is_live(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno != errno.ENOTCONN
+    return True
+
+
+def unmount(path: str) -> str:
+    """Unmount the desfs mount at `path`; returns what was done, or raises MountError."""
+    info = find_mount(path)
+    if info is None:
+        raise MountError(f"{path} is not mounted")
+    if info.fstype != FSTYPE:
+        raise MountError(f"{path} is not a desfs mount (it is {info.fstype})")
+    dead = not is_live(info.mountpoint)
+    result = _fusermount(["-u", info.mountpoint])
+    if result.returncode == 0:
+        return "cleaned up dead mount" if dead else "unmounted"
+    message = (result.stderr or result.stdout).strip()
+    if "busy" in message.lower():
+        if dead:
+            if _fusermount(["-uz", info.mountpoint]).returncode == 0:
+                return "cleaned up dead mount (lazily: a process still had it open)"
+        raise MountError(f"{path} is busy: a process is using it (see: fuser -vm {path})")
+    raise MountError(f"cannot unmount {path}: {message.splitlines()[-1] if message else 'fusermount failed'}")
+
+
+def lazy_unmount(path: str) -> None:
+    """Detach a mount now whatever holds it (tests, clean-up after a crash)."""
+    _fusermount(["-uz", absolute(path)])
+
+
+def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount") or shutil.which("fusermount3")
+    if tool is None:
+        raise MountError("fusermount not found: install the 'fuse' package")
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)

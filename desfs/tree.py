@@ -1,0 +1,123 @@
+"""Tree layer: a remote folder tree seen through caches, spoken to in mount paths.
+
+Composes a Client (HTTP) with a listing cache and a block cache. Knows nothing
+of FUSE (no st_* dicts, no file handles) nor of the command line, so the mount
+and the download command share it and it is tested without a mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from desfs.cache import BlockCache, LoadingCache
+from desfs.client import Client
+from desfs.errors import NotFound, Stale
+from desfs.listing import Entry
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    listing_ttl: float = 120.0  # seconds a folder listing is trusted
+    listing_entries: int = 1_000_000  # names kept across all cached listings
+    cache_bytes: int = 256 * MiB  # block cache budget
+    block_size: int = 1 * MiB
+    block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
+
+
+class Tree:
+    """Folders and files under one base URL.
+
+    Listings are cached for `listing_ttl`; a file's attributes come from its
+    parent's listing (no request per file); a name missing from a cached
+    listing costs no request. File bytes are cached in blocks keyed by
+    (path, size, mtime): a file that changes on the server gets new keys.
+    """
+
+    def __init__(self, client: Client, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
+        self.client = client
+        self.settings = settings
+        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size, timer=timer)
+        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
+        self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
+
+    # -- folders ------------------------------------------------------------
+
+    def list_dir(self, path: str) -> dict[str, Entry]:
+        """The entries of the folder at `path`, by name, in the server's order."""
+        path = normalize(path)
+        try:
+            return self.listings.get(path, lambda: {e.name: e for e in self.client.list_dir(path)})
+        except NotFound:
+            self.forget(path)
+            raise
+
+    def lookup(self, path: str) -> Entry:
+        """The entry at `path`, from its parent's listing."""
+        path = normalize(path)
+        if path == "/":
+            return self.root
+        parent, _, name = path.rpartition("/")
+        entry = self.list_dir(parent or "/").get(name)
+        if entry is None:
+            raise NotFound("no such file or folder", self.client.url(path))
+        return entry
+
+    def walk(self, path: str = "/"):
+        """(folder path, entries) for `path` and every folder below it, top-down."""
+        stack = [normalize(path)]
+        while stack:
+            folder = stack.pop()
+            entries = self.list_dir(folder)
+            yield folder, entries
+            stack.extend(join(folder, e.name) for e in reversed(entries.values()) if e.is_dir)
+
+    # -- files --------------------------------------------------------------
+
+    def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of version `entry` of the file at `path`, clipped to its end."""
+        path = normalize(path)
+        key = (path, entry.size, entry.mtime)
+        try:
+            return self.blocks.read(key, entry.size, offset, length, lambda a, b: self.client.read_range(path, a, b, entry))
+        except Stale:
+            self.forget_listing(path.rpartition("/")[0] or "/")
+            raise
+        except NotFound:
+            self.forget(path)
+            raise
+
+    # -- invalidation -------------------------------------------------------
+
+    def forget_listing(self, folder: str) -> None:
+        """Drop one folder's cached listing, so the next look sees the server's."""
+        folder = normalize(folder)
+        self.listings.discard_where(lambda k: k == folder)
+
+    def forget(self, path: str) -> None:
+        """Drop everything cached at or below `path` (a deleted job, a vanished file)."""
+        path = normalize(path)
+        prefix = path.rstrip("/") + "/"
+        below = lambda p: p == path or p.startswith(prefix)  # noqa: E731
+        listings = self.listings.discard_where(below)
+        blocks = self.blocks.discard_file(lambda key: below(key[0]))
+        if listings or blocks:
+            log.info("dropped %d listings and %d blocks under %s", listings, blocks, path)
+
+
+def normalize(path: str) -> str:
+    """'/a/b' form of a mount path: one leading slash, no trailing or doubled ones."""
+    return "/" + "/".join(s for s in path.split("/") if s)
+
+
+def join(folder: str, name: str) -> str:
+    return folder.rstrip("/") + "/" + name
+
+
+def _listing_size(listing: dict) -> int:
+    return max(1, len(listing))
