@@ -213,7 +213,7 @@ def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
         report(f"error: {exc}")
         raise
     ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()))
-    log.info("mounting %s on %s", url, mountpoint)
+    log.info("mounting %s on %s (pid %d)", url, mountpoint, os.getpid())
     try:
         run(ops, mountpoint, options)
     except RuntimeError as exc:

@@ -18,6 +18,7 @@ import html
 import json
 import os
 import re
+import sys
 import threading
 import time
 from email.utils import formatdate, parsedate_to_datetime
@@ -263,6 +264,11 @@ class DesServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{PREFIX}"
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # a client that hangs up early (it had the bytes it wanted) is no fault
+        super().handle_error(request, client_address)
 
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self._log_lock:

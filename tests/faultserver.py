@@ -1,0 +1,139 @@
+"""The in-process test server: desfs's DES-like server plus switches for faults.
+
+Every switch is off after `reset()`. Faults apply to requests whose decoded
+path contains `Faults.match` (all requests when it is empty), and the first
+`Faults.skip` matching requests are served normally.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from desfs.server import DesHandler, DesServer
+
+STALL_MAX_SECONDS = 20.0  # a stalled answer always ends, so no test thread lingers
+
+
+@dataclass
+class Faults:
+    match: str = ""
+    skip: int = 0
+    status: int | None = None  # answer this status ...
+    status_count: int = 0  # ... to this many requests
+    retry_after: str | None = None
+    stall: str | None = None  # "before-headers" | "after-headers"
+    stall_count: int = 0
+    stall_seconds: float = STALL_MAX_SECONDS
+    truncate_count: int = 0  # send half the body, then close
+    reset_count: int = 0  # send half the body, then reset the connection
+    ignore_range: bool = False  # 200 with the whole file
+    shift_content_range: int = 0  # claim bytes from start+shift
+    listing_body: dict[str, bytes] = field(default_factory=dict)  # decoded path → body of a /json answer
+    html_for_json: bool = False
+
+
+class FaultHandler(DesHandler):
+    server: "FaultServer"
+
+    def handle_request(self, head: bool) -> None:
+        f = self.server.faults
+        path = self.path_decoded()
+        hit = self.server.take(path)
+        if hit and f.stall == "before-headers" and self.server.consume("stall_count"):
+            self.server.record(self)
+            time.sleep(min(f.stall_seconds, STALL_MAX_SECONDS))
+            self.close_connection = True
+            return None
+        if hit and f.status is not None and self.server.consume("status_count"):
+            self.server.record(self)
+            self.send_response(f.status)
+            if f.retry_after:
+                self.send_header("Retry-After", f.retry_after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if path.endswith("/json") and (path in f.listing_body or f.html_for_json):
+            self.server.record(self)
+            body = f.listing_body.get(path) or b"<html><body>Not JSON</body></html>"
+            return self.send_bytes(200, body, "application/json" if path in f.listing_body else "text/html", head)
+        if hit and f.ignore_range and "Range" in self.headers:
+            del self.headers["Range"]
+        return super().handle_request(head)
+
+    def send_header(self, keyword, value):
+        f = self.server.faults
+        if keyword == "Content-Range" and f.shift_content_range and value.startswith("bytes ") and "*" not in value:
+            span, total = value[6:].split("/")
+            a, b = (int(x) for x in span.split("-"))
+            value = f"bytes {a + f.shift_content_range}-{b + f.shift_content_range}/{total}"
+        super().send_header(keyword, value)
+
+    def copy_range(self, fs_path: str, start: int, stop: int) -> None:
+        fault = self.server.take_body_fault(self.path_decoded())
+        if fault == "stall":
+            time.sleep(min(self.server.faults.stall_seconds, STALL_MAX_SECONDS))
+        elif fault in ("truncate", "reset"):
+            super().copy_range(fs_path, start, start + (stop - start) // 2)
+            self.wfile.flush()
+            if fault == "reset":  # linger 0: close() sends RST instead of FIN
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            return super().copy_range(fs_path, start, stop)
+        self.close_connection = True
+
+    def path_decoded(self) -> str:
+        from urllib.parse import unquote, urlsplit
+
+        return unquote(urlsplit(self.path).path, errors="surrogateescape")
+
+
+class FaultServer(DesServer):
+    def __init__(self, root: str) -> None:
+        super().__init__(root, handler=FaultHandler)
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        self._seen = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.faults = Faults()
+            self._seen = 0
+            self.requests.clear()
+
+    def take(self, path: str) -> bool:
+        """Does this request fall under the faults (path matches, past `skip`)?"""
+        with self._lock:
+            if self.faults.match and self.faults.match not in path:
+                return False
+            self._seen += 1
+            return self._seen > self.faults.skip
+
+    def consume(self, counter: str) -> bool:
+        with self._lock:
+            left = getattr(self.faults, counter)
+            if left <= 0:
+                return False
+            setattr(self.faults, counter, left - 1)
+            return True
+
+    def take_body_fault(self, path: str) -> str | None:
+        """Which fault, if any, the body of this answer gets: stall, truncate or reset."""
+        if self.faults.match and self.faults.match not in path:
+            return None
+        if self.faults.stall == "after-headers" and self.consume("stall_count"):
+            return "stall"
+        if self.consume("truncate_count"):
+            return "truncate"
+        if self.consume("reset_count"):
+            return "reset"
+        return None
+
+    def count(self, method: str = "GET", contains: str = "", suffix: str = "") -> int:
+        with self._log_lock:
+            return sum(1 for m, p, _ in self.requests if m == method and contains in p and p.endswith(suffix))

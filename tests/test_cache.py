@@ -1,0 +1,155 @@
+"""The cache layer on its own: no server, no sleeping (an injected timer)."""
+
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from desfs.cache import BlockCache, LoadingCache
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_ttl_expiry_with_fake_timer():
+    clock = Clock()
+    cache = LoadingCache(100, ttl=10, timer=clock)
+    loads = []
+    load = lambda: loads.append(1) or len(loads)  # noqa: E731
+    assert cache.get("k", load) == 1
+    clock.now += 9.9
+    assert cache.get("k", load) == 1
+    clock.now += 0.2
+    assert cache.get("k", load) == 2
+    assert len(loads) == 2
+
+
+def test_concurrent_misses_make_one_load():
+    cache = LoadingCache(100, ttl=60)
+    calls = []
+    gate = threading.Event()
+
+    def slow_load():
+        calls.append(1)
+        gate.wait(5)
+        return "value"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("k", slow_load))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == ["value"] * 16
+    assert len(calls) == 1
+
+
+def test_failed_load_is_shared_and_not_cached():
+    cache = LoadingCache(100, ttl=60)
+    gate = threading.Event()
+    attempts = []
+
+    def failing():
+        attempts.append(1)
+        gate.wait(5)
+        raise OSError(5, "boom")
+
+    errors = []
+
+    def reader():
+        try:
+            cache.get("k", failing)
+        except OSError as exc:
+            errors.append(exc.errno)
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert errors == [5] * 8 and len(attempts) == 1
+    assert cache.get("k", lambda: "fine") == "fine"
+
+
+def test_byte_budget_evicts_and_oversized_values_are_served_not_kept():
+    cache = LoadingCache(1000, ttl=60, getsizeof=len)
+    for i in range(10):
+        cache.get(i, lambda: b"x" * 300)
+    assert cache.current_size <= 1000
+    assert cache.get("huge", lambda: b"y" * 5000) == b"y" * 5000
+    assert "huge" not in cache
+
+
+def test_discard_where_and_racing_load_not_stored():
+    cache = LoadingCache(100, ttl=60)
+    cache.put(("/a", 1), 1)
+    cache.put(("/b", 1), 2)
+    assert cache.discard_where(lambda k: k[0] == "/a") == 1
+    assert ("/a", 1) not in cache and ("/b", 1) in cache
+
+    def load_during_discard():
+        cache.discard_where(lambda k: True)  # a forget() that races this load
+        return "old"
+
+    assert cache.get("c", load_during_discard) == "old"
+    assert "c" not in cache
+
+
+def make_file(size, seed=1):
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+class CountingFetcher:
+    def __init__(self, data):
+        self.data = data
+        self.calls = []
+
+    def __call__(self, start, stop):
+        self.calls.append((start, stop))
+        return self.data[start:stop]
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(0, 5000), block=st.integers(1, 700), offset=st.integers(0, 6000), length=st.integers(0, 3000))
+def test_block_reads_match_bytes(size, block, offset, length):
+    data = make_file(size)
+    cache = BlockCache(max_bytes=4096, block_size=block, ttl=60)
+    got = cache.read(("f", size), size, offset, length, CountingFetcher(data))
+    assert got == data[offset:offset + length]
+
+
+def test_blocks_fetched_once_and_only_the_needed_ones():
+    data = make_file(10_000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    assert cache.read("f", 10_000, 2500, 100, fetch) == data[2500:2600]
+    assert fetch.calls == [(2000, 3000)]
+    cache.read("f", 10_000, 2000, 1000, fetch)
+    assert fetch.calls == [(2000, 3000)]
+    assert cache.read("f", 10_000, 9500, 5000, fetch) == data[9500:]
+    assert fetch.calls[-1] == (9000, 10_000)
+
+
+def test_new_version_key_never_mixes_bytes():
+    old, new = b"a" * 3000, b"b" * 3000
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    cache.read(("f", 3000, 1.0), 3000, 0, 1000, CountingFetcher(old))
+    assert cache.read(("f", 3000, 2.0), 3000, 0, 3000, CountingFetcher(new)) == new
+
+
+def test_short_fetch_is_an_error_not_short_bytes():
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    with pytest.raises(RuntimeError):
+        cache.read("f", 3000, 0, 10, lambda a, b: b"short")

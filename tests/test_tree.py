@@ -1,0 +1,79 @@
+"""The tree layer without FUSE: request counts prove the caching."""
+
+import errno
+import os
+
+import pytest
+
+from desfs.client import Client
+from desfs.errors import NotFound
+from desfs.tree import Tree, TreeSettings
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def tree(server, sample, clock):
+    client = Client(sample.url(server.base_url), timeout=2, retries=1, backoff=0.01)
+    return Tree(client, TreeSettings(listing_ttl=60, block_size=64 * 1024, cache_bytes=1 << 20), timer=clock)
+
+
+def test_lookup_uses_parent_listing_no_head(tree, server):
+    tree.list_dir("/odd names")
+    for name in ["with space.txt", "hash#1.txt", "empty.dat"]:
+        assert not tree.lookup(f"/odd names/{name}").is_dir
+    assert [m for m, *_ in server.requests] == ["GET"]  # one listing, no HEAD
+
+
+def test_missing_name_in_cached_folder_costs_nothing(tree, server):
+    tree.list_dir("/")
+    for _ in range(5):
+        with pytest.raises(NotFound) as info:
+            tree.lookup("/no-such-file.fits")
+        assert info.value.errno == errno.ENOENT
+    assert len(server.requests) == 1
+
+
+def test_listing_ttl(tree, server, clock):
+    tree.list_dir("/")
+    clock.now += 59
+    tree.list_dir("/")
+    assert server.count(suffix="/json") == 1
+    clock.now += 2
+    tree.list_dir("/")
+    assert server.count(suffix="/json") == 2
+
+
+def test_read_caches_blocks(tree, server, sample):
+    e = tree.lookup("/big.bin")
+    data = open(os.path.join(sample.cutout_dir, "big.bin"), "rb").read()
+    assert tree.read("/big.bin", e, 70_000, 100) == data[70_000:70_100]
+    assert tree.read("/big.bin", e, 65_536, 65_536) == data[65_536:131_072]
+    assert server.count(contains="big.bin") == 1
+
+
+def test_walk_visits_every_folder_once(tree, server, sample):
+    folders = [f for f, _ in tree.walk("/")]
+    on_disk = [r for r, d, f in os.walk(sample.cutout_dir) if not os.path.basename(r).startswith(".")]
+    assert len(folders) == len(on_disk)
+    assert server.count(suffix="/json") == len(on_disk)
+
+
+def test_deleted_job_drops_caches(tree, server, sample):
+    e = tree.lookup("/summary.json")
+    tree.read("/summary.json", e, 0, 10)
+    server.faults.status, server.faults.status_count = 404, 100
+    tree.forget_listing("/")
+    with pytest.raises(NotFound):
+        tree.list_dir("/")
+    assert tree.blocks.blocks.current_size == 0
