@@ -15,7 +15,6 @@ nothing of desfs's client, caches or FUSE. Served from `root`, which holds
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import sys
@@ -50,12 +49,26 @@ def listing_json(folder: str) -> bytes:
     key = lambda item: item[0].encode("utf-8", "surrogateescape")  # noqa: E731
     rows = []
     for name, kind, mtime, size in sorted(dirs, key=key) + sorted(files, key=key):
-        row = '{ "name":%s, "type":"%s", "mtime":"%s"' % (
-            json.dumps(name, ensure_ascii=False), kind, formatdate(int(mtime), usegmt=True))
+        row = '{ "name":"%s", "type":"%s", "mtime":"%s"' % (
+            _escape_json(name), kind, formatdate(int(mtime), usegmt=True))
         if size is not None:
             row += ', "size":%d' % size
         rows.append(row + " }")
-    return ("[\n" + ",\n".join(rows) + "\n]\n").encode("utf-8", "surrogateescape")
+    body = "[" + "".join(("," if i else "") + "\r\n" + row for i, row in enumerate(rows)) + "\r\n]"
+    return body.encode("utf-8", "surrogateescape")
+
+
+def _escape_json(name: str) -> str:
+    """nginx's ngx_escape_json: quote and backslash escaped, control bytes as \\u00XX, the rest raw."""
+    out = []
+    for ch in name:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20:
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def etag_of(st: os.stat_result) -> str:
@@ -81,7 +94,7 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
             else:
                 a = int(first)
                 b = int(last) + 1 if last else size
-                if b <= a:
+                if last and b <= a:
                     return None
                 if a < size:
                     ranges.append((a, min(b, size)))
@@ -151,17 +164,14 @@ class DesHandler(BaseHTTPRequestHandler):
         if header and self.if_range_holds(etag, st.st_mtime):
             ranges = parse_ranges(header, size)
         if ranges == []:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return self.send_error_page(416, {"Content-Range": f"bytes */{size}"})
         status, parts = (206, ranges) if ranges else (200, [(0, size)])
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Last-Modified", modified)
         self.send_header("ETag", etag)
-        self.send_header("Accept-Ranges", "bytes")
+        if status == 200:
+            self.send_header("Accept-Ranges", "bytes")
         if len(parts) == 1:
             a, b = parts[0]
             if status == 206:
@@ -233,19 +243,22 @@ class DesHandler(BaseHTTPRequestHandler):
         lines.append("</pre><hr></body>\r\n</html>\r\n")
         return "".join(lines).encode("utf-8", "surrogateescape")
 
-    def send_bytes(self, status: int, body: bytes, content_type: str, head: bool = False) -> None:
+    def send_bytes(self, status: int, body: bytes, content_type: str, head: bool = False,
+                   headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
-    def send_error_page(self, status: int) -> None:
-        reason = {403: "Forbidden", 404: "Not Found"}.get(status, "Error")
+    def send_error_page(self, status: int, headers: dict[str, str] | None = None) -> None:
+        reason = {403: "Forbidden", 404: "Not Found", 416: "Requested Range Not Satisfiable"}.get(status, "Error")
         body = f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n" \
                f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-        self.send_bytes(status, body.encode(), "text/html", head=self.command == "HEAD")
+        self.send_bytes(status, body.encode(), "text/html", head=self.command == "HEAD", headers=headers)
 
 
 class DesServer(ThreadingHTTPServer):

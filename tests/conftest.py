@@ -45,6 +45,7 @@ def _add_odd_tree(sample: Sample) -> None:
     for i, name in enumerate(ODD_NAMES):
         (top / name).write_bytes(f"file {i}: {name}\n".encode() * (i + 1))
     (top / "empty.dat").write_bytes(b"")
+    (top / "empty folder").mkdir()
     (top / ".hidden").write_bytes(b"never listed\n")
     rng = random.Random(7)
     (Path(sample.cutout_dir) / "big.bin").write_bytes(rng.randbytes(BIG_SIZE))
