@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, passed through (e.g. allow_other)")
-    m.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     m.add_argument("--log-file", metavar="FILE",
                    help="where a background mount logs (default: ~/.cache/desfs/mount.log)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start a local file server that answers like the DES file server, over a generated sample "
         "cutout job and query job, and mount the cutout job. Ctrl-C unmounts and stops."))
     d.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder (default: a temporary one)")
-    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

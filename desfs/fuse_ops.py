@@ -112,6 +112,7 @@ class DesfsOperations(Operations):
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
+        log.debug("read %s %d+%d", path, offset, size)
         return self.tree.read(handle.path, handle.entry, offset, size)
 
     @_errno

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -25,7 +26,7 @@ from faultserver import FaultServer
 # Names a listing can hold that a URL must encode (shared/DESACCESS.md).
 ODD_NAMES = ["with space.txt", "hash#1.txt", "what?.txt", "100%.txt", "a+b=c.txt", "ünïcødé ✓.txt",
              'quote".txt', "back\\slash.txt", "semi;colon&amp.txt", "~tilde'apos.txt"]
-BIG_SIZE = 5 * 1024 * 1024 + 12345  # several blocks, not a multiple of the block size
+BIG_SIZE = 12 * 1024 * 1024 + 12345  # several blocks, not a multiple of the block size
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,7 +82,7 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
     default_type application/octet-stream;
-    log_format desfs '$request_method "$uri" "$http_range" $status $body_bytes_sent';
+    log_format desfs '$request_method "$request_uri" "$http_range" $status $body_bytes_sent';
     access_log {dir}/access.log desfs;
     client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
     uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
@@ -118,7 +119,7 @@ class Nginx:
         for line in self.log_lines()[mark:]:
             m = re.match(r'(\S+) "(.*)" "(.*)" (\d+) (\d+)$', line)
             if m:
-                out.append((m[1], m[2], m[3], int(m[4]), int(m[5])))
+                out.append((m[1], unquote(m[2]), m[3], int(m[4]), int(m[5])))
         return out
 
 
