@@ -79,7 +79,7 @@ def is_live(path: str) -> bool:
     try:
         os.stat(path)
     except OSError as exc:
-        return exc.errno != errno.ENOTCONN
+        return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED)  # the FUSE process is gone
     return True
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -273,6 +274,17 @@ class DesServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._connections: set = set()
+
+    def process_request(self, request, client_address) -> None:
+        with self._log_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._log_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
 
     @property
     def base_url(self) -> str:
@@ -293,7 +305,15 @@ class DesServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        """Stop as a killed server would: no new connections, and the open ones closed."""
         self.shutdown()
         self.server_close()
+        with self._log_lock:
+            open_connections = list(self._connections)
+        for conn in open_connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread:
             self._thread.join(timeout=5)

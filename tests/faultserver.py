@@ -94,8 +94,8 @@ class FaultHandler(DesHandler):
 
 
 class FaultServer(DesServer):
-    def __init__(self, root: str) -> None:
-        super().__init__(root, handler=FaultHandler)
+    def __init__(self, root: str, port: int = 0) -> None:
+        super().__init__(root, port=port, handler=FaultHandler)
         self.faults = Faults()
         self._lock = threading.Lock()
         self._seen = 0

@@ -1,0 +1,227 @@
+"""The command line as a user meets it: messages, exit codes, mount lifecycle, the demo."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from desfs.mounting import find_mount, lazy_unmount
+
+from conftest import DESFS, free_port, run_desfs
+from faultserver import FaultServer
+
+pytestmark = pytest.mark.mount
+
+
+def one_line_error(result, *words):
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_version_and_module():
+    from desfs import __version__
+
+    assert run_desfs("--version").stdout.strip() == f"desfs {__version__}"
+    script = os.path.join(os.path.dirname(sys.executable), "desfs")  # the console script
+    out = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert out.stdout.strip() == f"desfs {__version__}"
+
+
+def test_help_lists_the_settings():
+    out = run_desfs("mount", "--help").stdout
+    for option in ("--timeout", "--cache-size", "--listing-ttl", "--block-size", "-f, --foreground", "-o"):
+        assert option in out
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = run_desfs("mount", str(tmp_path))
+    assert r.returncode == 2 and "not available yet" in r.stderr and "Traceback" not in r.stderr
+    r = run_desfs("mount", "ftp://x/y", str(tmp_path))
+    assert r.returncode == 2 and "URL" in r.stderr
+    r = run_desfs("mount", "http://x/y", str(tmp_path), "--cache-size", "lots")
+    assert r.returncode == 2 and "not a size" in r.stderr
+    assert run_desfs().returncode == 2
+
+
+def test_unreachable_server(tmp_path):
+    (tmp_path / "m").mkdir()
+    started = time.monotonic()
+    r = run_desfs("mount", f"http://127.0.0.1:{free_port()}/files-desaccess/u/cutout/j/", str(tmp_path / "m"),
+                  "--retries", "1", "--log-file", str(tmp_path / "log"))
+    line = one_line_error(r, "cannot mount", "connect")
+    assert time.monotonic() - started < 20, line
+    assert not find_mount(str(tmp_path / "m"))
+
+
+def test_not_a_listing(tmp_path, server, sample):
+    (tmp_path / "m").mkdir()
+    one_line_error(run_desfs("mount", f"{server.base_url}{sample.user}/cutout/", str(tmp_path / "m")), "not found")
+    server.faults.html_for_json = True
+    one_line_error(run_desfs("mount", sample.url(server.base_url), str(tmp_path / "m")), "not valid JSON")
+
+
+def test_bad_mountpoints(tmp_path, server, sample, mount):
+    url = sample.url(server.base_url)
+    one_line_error(run_desfs("mount", url, str(tmp_path / "missing")), "does not exist")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    one_line_error(run_desfs("mount", url, str(tmp_path / "full")), "not empty")
+    (tmp_path / "file").write_text("x")
+    one_line_error(run_desfs("mount", url, str(tmp_path / "file")), "not a folder")
+    m = mount(url)
+    one_line_error(run_desfs("mount", url, str(m.path)), "already a mount point")
+
+
+def test_umount_messages(tmp_path):
+    one_line_error(run_desfs("umount", str(tmp_path)), "not mounted")
+    one_line_error(run_desfs("umount", "/proc"), "not a desfs mount")
+
+
+def test_umount_of_a_busy_mount_says_so(mount, server, sample):
+    m = mount(sample.url(server.base_url))
+    holder = subprocess.Popen(["sleep", "60"], cwd=m.path)
+    try:
+        one_line_error(run_desfs("umount", str(m.path)), "busy")
+        assert find_mount(str(m.path))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_killed_mount_is_cleaned_by_umount(tmp_path, server, sample):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    log = tmp_path / "log"
+    assert run_desfs("mount", sample.url(server.base_url), str(mnt), "--log-file", str(log)).returncode == 0
+    try:
+        pid = int(log.read_text().split("(pid ")[1].split(")")[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.stat(mnt)
+            except OSError as exc:
+                assert exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+                break
+            time.sleep(0.05)
+        r = run_desfs("umount", str(mnt))
+        assert r.returncode == 0 and "dead mount" in r.stderr
+        assert not find_mount(str(mnt)) and os.listdir(mnt) == []
+    finally:
+        if find_mount(str(mnt)):
+            lazy_unmount(str(mnt))
+
+
+def test_foreground_mount_and_ctrl_c(tmp_path, server, sample, kill_after):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([*DESFS, "mount", "-f", sample.url(server.base_url), str(mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_after(proc)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.ismount(mnt), proc.stderr.read() if proc.poll() is not None else "not mounted"
+        assert "summary.json" in os.listdir(mnt)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert not find_mount(str(mnt))
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if find_mount(str(mnt)):
+            lazy_unmount(str(mnt))
+
+
+def test_mount_options_pass_through_and_safe_defaults(mount, server, sample):
+    m = mount(sample.url(server.base_url), "-o", "allow_other,noatime")
+    line = next(l for l in open("/proc/self/mounts") if f" {m.path} " in l)
+    options = line.split()[3].split(",")
+    assert {"ro", "nosuid", "nodev", "allow_other", "noatime"} <= set(options), line
+    assert line.split()[2] == "fuse.desfs"
+
+
+def test_default_has_no_allow_other(mount, server, sample):
+    m = mount(sample.url(server.base_url))
+    line = next(l for l in open("/proc/self/mounts") if f" {m.path} " in l)
+    assert "allow_other" not in line
+
+
+def test_demo(tmp_path, kill_after):
+    mnt = tmp_path / "demo"
+    mnt.mkdir()
+    proc = subprocess.Popen([*DESFS, "demo", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_after(proc)
+    try:
+        first = proc.stdout.readline()
+        assert "mounted on" in first, first + proc.stderr.read()
+        listing = subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, text=True, check=True).stdout
+        assert "_r.fits" in listing and "summary.json" in listing
+        from astropy.io import fits
+
+        with fits.open(mnt / "DES0305-3415" / "DESJ030510.9606-341521.6000" / "DESJ030510.9606-341521.6000_i.fits") as h:
+            assert h[0].header["BAND"] == "i" and h[0].data.shape == (64, 64)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert not find_mount(str(mnt))
+    finally:
+        if find_mount(str(mnt)):
+            lazy_unmount(str(mnt))
+
+
+# -- a server that goes away or stalls, seen through the mount ------------------
+
+
+@pytest.fixture
+def own_server(sample):
+    """own_server(port=0) starts a fault server of the test's own (on `port`, once it is free)."""
+    servers = []
+
+    def start(port=0):
+        for _ in range(50):
+            try:
+                server = FaultServer(sample.root, port=port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        servers.append(server.start())
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def test_stopped_server_gives_eio_quickly_then_recovers(mount, own_server, sample):
+    srv = own_server()
+    port = srv.server_address[1]
+    m = mount(sample.url(srv.base_url), "--timeout", "2", "--retries", "2")
+    os.listdir(m.path / "DES0226-1541")
+    srv.stop()
+    target = m.path / f"positions_{sample.cutout_job}.csv"
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        open(target, "rb").read()
+    assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    assert time.monotonic() - started < 2 * 3 + 3  # timeout × tries, plus backoff
+    own_server(port)
+    assert open(target, "rb").read().startswith(b"RA,DEC")
+
+
+def test_stalled_server_gives_etimedout(mount, server, sample):
+    m = mount(sample.url(server.base_url), "--timeout", "2")
+    os.listdir(m.path)
+    server.faults.stall, server.faults.stall_count, server.faults.stall_seconds = "before-headers", 5, 15
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        open(m.path / "summary.json", "rb").read()
+    assert info.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - started < 5
