@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, passed through (e.g. allow_other)")
-    m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="log every request (to the log file, or stderr with -f); tracebacks on errors")
     m.add_argument("--log-file", metavar="FILE",
                    help="where a background mount logs (default: ~/.cache/desfs/mount.log)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
