@@ -123,36 +123,43 @@ class Nginx:
         return out
 
 
-@pytest.fixture(scope="session")
-def nginx(sample, tmp_path_factory):
+def start_nginx(root: str, workdir: Path) -> tuple[Nginx, subprocess.Popen]:
+    """nginx configured like the DES file server, serving `root` on a free loopback port."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         pytest.fail("nginx is not installed: the README's test command installs it (apt-get install nginx-light)")
-    workdir = tmp_path_factory.mktemp("nginx")
-    (workdir / "tmp").mkdir()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         port = free_port()
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir, port=port, root=sample.root))
+        conf.write_text(NGINX_CONF.format(dir=workdir, port=port, root=root))
         proc = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return Nginx(f"http://127.0.0.1:{port}/files-desaccess/", workdir / "access.log", port), proc
             except OSError:
                 time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        pytest.fail(f"nginx did not start: {proc.stderr.read().decode(errors='replace')}")
-    yield Nginx(f"http://127.0.0.1:{port}/files-desaccess/", workdir / "access.log", port)
+        stop_nginx(proc)
+    pytest.fail(f"nginx did not start: {(workdir / 'error.log').read_text(errors='replace')}")
+
+
+def stop_nginx(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def nginx(sample, tmp_path_factory):
+    server, proc = start_nginx(sample.root, tmp_path_factory.mktemp("nginx"))
+    yield server
+    stop_nginx(proc)
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,11 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 
 import pytest
 
-from conftest import BIG_SIZE, ODD_NAMES, source_files
+from conftest import BIG_SIZE, ODD_NAMES, source_files, start_nginx, stop_nginx
 
 pytestmark = [pytest.mark.mount, pytest.mark.nginx]
 
@@ -195,3 +196,21 @@ def test_mount_of_a_subfolder(mount, nginx, sample):
     sub = mount(sample.url(nginx.base_url) + "odd%20names/", name="sub")
     assert "with space.txt" in os.listdir(sub.path)
     assert open(sub.path / "json" / "inside json.txt", "rb").read() == b"in a folder named json\n"
+
+
+def test_stopped_nginx_gives_eio_within_the_timeout(mount, sample, tmp_path):
+    own, proc = start_nginx(sample.root, tmp_path / "nginx")
+    try:
+        m = mount(sample.url(own.base_url), "--timeout", "3", "--retries", "1")
+        assert open(m.path / "summary.json", "rb").read()
+        stop_nginx(proc)
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            open(m.path / "DES0305-3415" / "DESJ030510.9606-341521.6000" / "DESJ030510.9606-341521.6000_g.fits", "rb")
+        assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+        assert time.monotonic() - started < 3 * 2 + 2
+        with pytest.raises(OSError) as info:
+            open(m.path / f"positions_{sample.cutout_job}.csv", "rb").read()
+        assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    finally:
+        stop_nginx(proc)
