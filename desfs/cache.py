@@ -18,8 +18,9 @@ import cachetools
 class _Flight:
     """A load under way: the threads that miss the same key wait on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
         self.done = threading.Event()
+        self.generation = generation
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -29,7 +30,9 @@ class LoadingCache:
 
     `get(key, load)` returns the cached value or calls `load()` once, however
     many threads miss the same key at the same moment; the others wait for it
-    and share its value or its error. Failed loads are not cached. Thread-safe.
+    and share its value or its error. Failed loads are not cached. A caller
+    that loads several keys at once uses `claim`, then `fulfil` or `fail` on
+    each key it claimed. Thread-safe.
     """
 
     def __init__(
@@ -58,26 +61,43 @@ class LoadingCache:
             flight = self._flights.get(key)
             leader = flight is None
             if leader:
-                flight = self._flights[key] = _Flight()
-                self.loads += 1
-                generation = self._generation
+                flight = self._start(key)
         if not leader:
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.value
         try:
-            flight.value = load()
+            value = load()
         except BaseException as exc:
-            flight.error = exc
+            self.fail(key, exc)
             raise
-        finally:
-            with self._lock:
-                del self._flights[key]
-                if flight.error is None and generation == self._generation:
-                    self._store(key, flight.value)
-            flight.done.set()
-        return flight.value
+        self.fulfil(key, value)
+        return value
+
+    def claim(self, key: Hashable) -> bool:
+        """Take the load of `key` on oneself: False when it is cached or already being loaded."""
+        with self._lock:
+            if key in self._data or key in self._flights:
+                return False
+            self._start(key)
+            return True
+
+    def fulfil(self, key: Hashable, value: Any) -> None:
+        """End a claimed load with its value: stored, and handed to every waiter."""
+        with self._lock:
+            flight = self._flights.pop(key)
+            if flight.generation == self._generation:
+                self._store(key, value)
+        flight.value = value
+        flight.done.set()
+
+    def fail(self, key: Hashable, error: BaseException) -> None:
+        """End a claimed load with an error: raised in every waiter, nothing stored."""
+        with self._lock:
+            flight = self._flights.pop(key)
+        flight.error = error
+        flight.done.set()
 
     def peek(self, key: Hashable) -> Any | None:
         with self._lock:
@@ -115,6 +135,11 @@ class LoadingCache:
     def max_size(self) -> int:
         return int(self._data.maxsize)
 
+    def _start(self, key: Hashable) -> _Flight:
+        self.loads += 1
+        flight = self._flights[key] = _Flight(self._generation)
+        return flight
+
     def _store(self, key: Hashable, value: Any) -> None:
         try:
             self._data[key] = value
@@ -122,11 +147,17 @@ class LoadingCache:
             pass
 
 
+# A fetcher streams bytes [start, stop) of one file into `write`, in order, in chunks of any size.
+Fetcher = Callable[[int, int, Callable[[bytes], object]], None]
+
+
 class BlockCache:
     """Fixed-size blocks of files, in a LoadingCache bounded in bytes.
 
     A file is named by `key`, which must change whenever its content may (the
     caller puts the file's version in it), so old and new bytes never mix.
+    Blocks come from a streaming `Fetcher`; a run of blocks is fetched with one
+    call, and each block is handed to its waiters as soon as its bytes are in.
     """
 
     def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic):
@@ -135,30 +166,73 @@ class BlockCache:
         self.block_size = block_size
         self.blocks = LoadingCache(max_bytes, ttl, getsizeof=len, timer=timer)
 
-    def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Callable[[int, int], bytes]) -> bytes:
+    def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
         stop = min(size, offset + length)
         if offset >= stop:
             return b""
         bs = self.block_size
         first, last = offset // bs, (stop - 1) // bs
+        if first == last:
+            cut = offset - first * bs
+            return self.block(key, size, first, fetch)[cut : cut + stop - offset]
         parts = [self.block(key, size, i, fetch) for i in range(first, last + 1)]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = b"".join(parts)
         cut = offset - first * bs
         return data[cut : cut + stop - offset]
 
-    def block(self, key: Hashable, size: int, index: int, fetch: Callable[[int, int], bytes]) -> bytes:
+    def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytes:
         """Block `index` of the file, fetched once however many readers want it."""
         start = index * self.block_size
         stop = min(size, start + self.block_size)
 
         def load() -> bytes:
-            data = fetch(start, stop)
-            if len(data) != stop - start:  # the fetcher's contract; never hand out short blocks
-                raise RuntimeError(f"fetch({start}, {stop}) returned {len(data)} bytes")
-            return data
+            buf = bytearray()
+            fetch(start, stop, buf.extend)
+            if len(buf) != stop - start:  # the fetcher's contract; never hand out short blocks
+                raise RuntimeError(f"fetch({start}, {stop}) gave {len(buf)} bytes")
+            return bytes(buf)
 
         return self.blocks.get((key, index), load)
+
+    def fetch_run(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> int:
+        """Fetch the blocks [first, last) that are neither cached nor under way; returns how many.
+
+        Each contiguous run of claimed blocks is one `fetch` call. Errors are
+        handed to the waiters of the blocks not yet delivered, and raised.
+        """
+        bs = self.block_size
+        last = min(last, -(-size // bs))
+        claimed = [i for i in range(first, last) if self.blocks.claim((key, i))]
+        runs: list[list[int]] = []
+        for i in claimed:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for n, run in enumerate(runs):
+            pending = list(run)
+            buf = bytearray()
+
+            def write(chunk: bytes) -> None:
+                buf.extend(chunk)
+                while pending:
+                    want = min(size, (pending[0] + 1) * bs) - pending[0] * bs
+                    if len(buf) < want:
+                        return
+                    block = bytes(buf[:want])
+                    del buf[:want]
+                    self.blocks.fulfil((key, pending.pop(0)), block)
+
+            try:
+                fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), write)
+                if pending:
+                    raise RuntimeError(f"fetch of blocks {run[0]}..{run[-1]} ended {len(pending)} blocks short")
+            except BaseException as exc:
+                for i in pending + [i for later in runs[n + 1:] for i in later]:
+                    self.blocks.fail((key, i), exc)
+                raise
+        return len(claimed)
 
     def has_block(self, key: Hashable, index: int) -> bool:
         return (key, index) in self.blocks

@@ -83,6 +83,11 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
                    help="bytes fetched per range request and cached together (default: 1M)")
     g.add_argument("--listing-ttl", type=positive_float, default=120.0, metavar="SECONDS",
                    help="how long a folder listing is trusted before it is fetched again (default: 120)")
+    g.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
+                   help="largest window fetched ahead of a sequential reader; 0 turns readahead off "
+                        "(default: 64M, at most a quarter of --cache-size)")
+    g.add_argument("--connections", type=int, default=8, metavar="N",
+                   help="range requests that readahead makes at once (default: 8)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,8 +208,10 @@ def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
     try:
         mountpoint = check_mountpoint(args.mountpoint)
         options = _mount_options(args, url)
-        client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle)
-        settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size)
+        client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
+                        connections=args.connections + 16)  # readahead workers + FUSE threads
+        settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
+                                readahead_max=args.readahead, readahead_workers=args.connections)
         tree = Tree(client, settings)
         try:
             tree.list_dir("/")
@@ -233,7 +240,8 @@ def _mount_in_background(args: argparse.Namespace, url: str) -> int:
         "mount", "--foreground", "--ready-fd", str(write_end), "--log-file", log_file,
         "--timeout", repr(args.timeout), "--retries", str(args.retries),
         "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
-        "--listing-ttl", repr(args.listing_ttl)]
+        "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
+        "--connections", str(args.connections)]
     for group in args.options:
         child += ["-o", group]
     if args.ca_bundle:
@@ -310,7 +318,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     mount_args = argparse.Namespace(
         mountpoint=mountpoint, options=[], timeout=30.0, retries=3, ca_bundle=None, cache_size=parse_size("256M"),
-        block_size=parse_size("1M"), listing_ttl=120.0, debug=args.debug, on_ready=tell)
+        block_size=parse_size("1M"), listing_ttl=120.0, readahead=parse_size("64M"), connections=8,
+        debug=args.debug, on_ready=tell)
     try:
         return _serve(mount_args, url, ready_fd=None)
     finally:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fuse import FUSE, FuseOSError, Operations
 
 from desfs.listing import Entry
+from desfs.readahead import ReadStream
 from desfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def _errno(method: Callable) -> Callable:
 class Handle:
     path: str
     entry: Entry  # the version this open file reads, whatever the server does meanwhile
+    stream: ReadStream
 
 
 class DesfsOperations(Operations):
@@ -81,6 +83,9 @@ class DesfsOperations(Operations):
         if self._on_ready:
             self._on_ready()
 
+    def destroy(self, path):
+        self.tree.close()
+
     @_errno
     def getattr(self, path, fh=None):
         return self._stat(self.tree.lookup(path))
@@ -99,7 +104,7 @@ class DesfsOperations(Operations):
             raise FuseOSError(errno.EISDIR)
         with self._lock:
             fh = next(self._next_fh)
-            self._handles[fh] = Handle(path, entry)
+            self._handles[fh] = Handle(path, entry, self.tree.open(path, entry))
             # Keep the kernel's page cache while the version is the one last opened.
             previous = self._opened_versions.get(path)
             fi.keep_cache = int(previous is None or previous == entry.version)
@@ -112,8 +117,7 @@ class DesfsOperations(Operations):
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise FuseOSError(errno.EBADF)
-        log.debug("read %s %d+%d", path, offset, size)
-        return self.tree.read(handle.path, handle.entry, offset, size)
+        return self.tree.read(handle.path, handle.entry, offset, size, handle.stream)
 
     @_errno
     def release(self, path, fi):

@@ -15,6 +15,7 @@ from desfs.cache import BlockCache, LoadingCache
 from desfs.client import Client
 from desfs.errors import NotFound, Stale
 from desfs.listing import Entry
+from desfs.readahead import Prefetcher, ReadStream
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ class TreeSettings:
     cache_bytes: int = 256 * MiB  # block cache budget
     block_size: int = 1 * MiB
     block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
+    readahead_min: int = 1 * MiB  # first readahead window of a sequential reader
+    readahead_max: int = 64 * MiB  # largest window (0: no readahead)
+    readahead_workers: int = 8  # parallel range requests of all readahead
 
 
 class Tree:
@@ -45,6 +49,13 @@ class Tree:
         self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size, timer=timer)
         self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
+        # A window larger than a quarter of the cache would evict its own blocks before they are read.
+        self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
+        self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None
+
+    def close(self) -> None:
+        if self.prefetcher:
+            self.prefetcher.close()
 
     # -- folders ------------------------------------------------------------
 
@@ -79,18 +90,29 @@ class Tree:
 
     # -- files --------------------------------------------------------------
 
-    def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
+    def open(self, path: str, entry: Entry) -> ReadStream:
+        """A stream for reading version `entry` of the file at `path`, with readahead."""
+        path = normalize(path)
+        return ReadStream(self.blocks, self.prefetcher, (path, entry.size, entry.mtime), entry.size,
+                          self._fetcher(path, entry), self.settings.readahead_min, self.readahead_max)
+
+    def read(self, path: str, entry: Entry, offset: int, length: int, stream: ReadStream | None = None) -> bytes:
         """Bytes [offset, offset+length) of version `entry` of the file at `path`, clipped to its end."""
         path = normalize(path)
-        key = (path, entry.size, entry.mtime)
         try:
-            return self.blocks.read(key, entry.size, offset, length, lambda a, b: self.client.read_range(path, a, b, entry))
+            if stream is not None:
+                return stream.read(offset, length)
+            key = (path, entry.size, entry.mtime)
+            return self.blocks.read(key, entry.size, offset, length, self._fetcher(path, entry))
         except Stale:
             self.forget_listing(path.rpartition("/")[0] or "/")
             raise
         except NotFound:
             self.forget(path)
             raise
+
+    def _fetcher(self, path: str, entry: Entry):
+        return lambda start, stop, write: self.client.fetch(path, start, stop, entry, write)
 
     # -- invalidation -------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""Readahead layer: per open file, detect sequential reading and fetch ahead of it in parallel.
+
+Works on a BlockCache and a streaming fetcher; knows no HTTP and no FUSE. A
+stream starts with no readahead. Once a run of sequential reads has covered
+twice `min_window` (more than the kernel's own readahead after one read), the
+window is as large as the run so far (so it doubles as the reader keeps up),
+from `min_window` up to `max_window`, and the bytes in it are fetched as parts
+of several blocks on a small pool of threads. A read far from the run starts a
+new one with no readahead, so random access (a FITS header, a seek to one HDU)
+costs only the blocks it touches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+
+from desfs.cache import BlockCache, Fetcher
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """A pool of `workers` threads that fetch runs of blocks into a BlockCache."""
+
+    def __init__(self, blocks: BlockCache, workers: int) -> None:
+        self.blocks = blocks
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="desfs-readahead")
+        self._closed = False
+
+    def submit(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> None:
+        """Fetch blocks [first, last) in the background; failures are left for the reader to meet."""
+        if not self._closed and first < last:
+            self._pool.submit(self._run, key, size, first, last, fetch)
+
+    def _run(self, key, size, first, last, fetch) -> None:
+        try:
+            self.blocks.fetch_run(key, size, first, last, fetch)
+        except Exception as exc:  # the reader that needs these blocks fetches them again and sees the error
+            log.debug("readahead of blocks %d..%d of %r failed: %s", first, last - 1, key, exc)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ReadStream:
+    """The reads of one open file: cache lookups plus a readahead window that adapts to them."""
+
+    def __init__(self, blocks: BlockCache, prefetcher: Prefetcher | None, key: Hashable, size: int,
+                 fetch: Fetcher, min_window: int, max_window: int) -> None:
+        self.blocks, self.prefetcher = blocks, prefetcher
+        self.key, self.size, self.fetch = key, size, fetch
+        self.min_window, self.max_window = min_window, max_window
+        self.window = 0  # bytes to keep fetched ahead of the reader
+        self._start = 0  # where the current sequential run began
+        self._high = -1  # end of the furthest read of the current sequential run (-1: none yet)
+        self._requested = 0  # bytes up to which readahead has been asked for
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            plan = self._plan(offset, length)
+        if plan:
+            self._submit(*plan)
+        return self.blocks.read(self.key, self.size, offset, length, self.fetch)
+
+    def _plan(self, offset: int, length: int) -> tuple[int, int] | None:
+        """Update the window for a read at [offset, offset+length); the byte range to fetch ahead."""
+        bs = self.blocks.block_size
+        slack = max(bs, self.window)  # the kernel's parallel readahead arrives out of order
+        end = min(self.size, offset + length)
+        if self._high >= 0 and self._high - slack <= offset <= self._high + slack:
+            self._high = max(self._high, end)
+        else:
+            self._start, self._high, self._requested = offset, end, 0
+        run = self._high - self._start
+        self.window = 0 if run < 2 * self.min_window else min(self.max_window, max(self.min_window, run))
+        if not self.window or self.prefetcher is None:
+            return None
+        target = min(self.size, self._high + self.window)
+        start = max(self._requested, (end // bs) * bs)
+        if target - start < self._part_bytes() and target < self.size:
+            return None  # let the gap grow to a whole part: fewer, larger requests
+        if target <= start:
+            return None
+        self._requested = target
+        return start, target
+
+    def _part_bytes(self) -> int:
+        """Bytes per readahead request: the window shared among the workers, 1 to 8 blocks."""
+        bs = self.blocks.block_size
+        return bs * max(1, min(8, self.window // bs // self.prefetcher.workers))
+
+    def _submit(self, start: int, stop: int) -> None:
+        """Split [start, stop) into parts so that the pool's workers fetch them in parallel."""
+        bs = self.blocks.block_size
+        first, last = start // bs, -(-stop // bs)
+        part = self._part_bytes() // bs
+        for i in range(first, last, part):
+            self.prefetcher.submit(self.key, self.size, i, min(last, i + part), self.fetch)

@@ -1,0 +1,147 @@
+"""The readahead layer on its own: fake fetchers, no server, no FUSE."""
+
+import random
+import threading
+import time
+
+from hypothesis import given, settings, strategies as st
+
+from desfs.cache import BlockCache
+from desfs.readahead import Prefetcher, ReadStream
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+class Fetcher:
+    def __init__(self, data, delay=0.0, fail_every=0):
+        self.data, self.delay, self.fail_every = data, delay, fail_every
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, start, stop, write):
+        with self.lock:
+            self.calls.append((start, stop))
+            n = len(self.calls)
+        if self.fail_every and n % self.fail_every == 0:
+            raise OSError(5, "injected")
+        time.sleep(self.delay)
+        for i in range(start, stop, 64 * KiB):
+            write(self.data[i:min(stop, i + 64 * KiB)])
+
+    def fetched(self):
+        return sum(b - a for a, b in self.calls)
+
+
+def make(size, block=256 * KiB, max_window=4 * MiB, workers=4, cache=64 * MiB, **kw):
+    data = random.Random(size).randbytes(size)
+    fetch = Fetcher(data, **kw)
+    blocks = BlockCache(cache, block, ttl=60)
+    pre = Prefetcher(blocks, workers)
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=block, max_window=max_window)
+    return data, fetch, stream, pre
+
+
+def test_sequential_read_is_prefetched_in_parallel_parts_without_duplicates():
+    size = 16 * MiB + 123
+    data, fetch, stream, pre = make(size, delay=0.01)
+    out = bytearray()
+    for off in range(0, size, 128 * KiB):
+        out += stream.read(off, 128 * KiB)
+    pre.close()
+    assert bytes(out) == data
+    assert fetch.fetched() == size  # every byte fetched once
+    assert max(b - a for a, b in fetch.calls) > 256 * KiB  # parts of several blocks
+    assert stream.window == 4 * MiB  # grew to the cap
+
+
+def test_random_reads_fetch_only_what_they_touch():
+    size = 32 * MiB
+    data, fetch, stream, pre = make(size)
+    rng = random.Random(1)
+    for _ in range(50):
+        off = rng.randrange(size - 1000)
+        assert stream.read(off, 1000) == data[off:off + 1000]
+    pre.close()
+    assert stream.window == 0
+    assert fetch.fetched() <= 50 * 2 * 256 * KiB
+
+
+def test_header_read_then_far_seek_resets_the_window():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size)
+    for off in range(0, 4 * MiB, 128 * KiB):
+        stream.read(off, 128 * KiB)
+    assert stream.window > 0
+    assert stream.read(40 * MiB, 2880) == data[40 * MiB:40 * MiB + 2880]
+    assert stream.window == 0
+    pre.close()
+
+
+def test_out_of_order_reads_within_the_window_stay_sequential():
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size)
+    offsets = list(range(0, 8 * MiB, 128 * KiB))
+    for i in range(0, len(offsets) - 1, 2):  # pairs swapped, as parallel kernel readahead arrives
+        for off in (offsets[i + 1], offsets[i]):
+            assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
+    assert stream.window > 0
+    pre.close()
+
+
+def test_failing_prefetch_never_gives_wrong_bytes():
+    size = 8 * MiB
+    data, fetch, stream, pre = make(size, fail_every=3)
+    out, errors = bytearray(), 0
+    for off in range(0, size, 128 * KiB):
+        for _ in range(5):  # a reader that retries a failed read
+            try:
+                out += stream.read(off, 128 * KiB)
+                break
+            except OSError:
+                errors += 1
+    pre.close()
+    assert bytes(out) == data and errors > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * MiB), st.integers(1, 400 * KiB)), min_size=1, max_size=40),
+       st.booleans())
+def test_any_read_pattern_gives_the_right_bytes(reads, sequentialize):
+    size = 3 * MiB + 777
+    data, fetch, stream, pre = make(size, block=64 * KiB, max_window=1 * MiB, cache=2 * MiB)
+    pos = 0
+    for off, length in reads:
+        if sequentialize:
+            off, pos = pos, pos + length
+        assert stream.read(off, length) == data[off:off + length]
+    pre.close()
+
+
+def test_many_threads_and_streams_under_a_small_cache():
+    size = 8 * MiB
+    data = random.Random(3).randbytes(size)
+    fetch = Fetcher(data)
+    blocks = BlockCache(2 * MiB, 128 * KiB, ttl=60)  # far smaller than what is read: constant eviction
+    pre = Prefetcher(blocks, 4)
+    errors = []
+
+    def reader(seed):
+        rng = random.Random(seed)
+        stream = ReadStream(blocks, pre, ("f", size), size, fetch, 128 * KiB, 512 * KiB)
+        off = rng.randrange(size)
+        for _ in range(60):
+            if rng.random() < 0.2:
+                off = rng.randrange(size)
+            n = rng.randrange(1, 200 * KiB)
+            if stream.read(off, n) != data[off:off + n]:
+                errors.append((seed, off, n))
+            off = min(size - 1, off + n)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    pre.close()
+    assert errors == []
+    assert blocks.blocks.current_size <= 2 * MiB
