@@ -212,17 +212,22 @@ class BlockCache:
                 runs.append([i])
         for n, run in enumerate(runs):
             pending = list(run)
-            buf = bytearray()
+            chunks: list[bytes] = []
+            have = 0
 
             def write(chunk: bytes) -> None:
-                buf.extend(chunk)
-                while pending:
+                nonlocal have
+                while chunk and pending:
                     want = min(size, (pending[0] + 1) * bs) - pending[0] * bs
-                    if len(buf) < want:
-                        return
-                    block = bytes(buf[:want])
-                    del buf[:want]
-                    self.blocks.fulfil((key, pending.pop(0)), block)
+                    take = min(want - have, len(chunk))
+                    chunks.append(chunk if take == len(chunk) else chunk[:take])
+                    chunk = chunk[take:] if take < len(chunk) else b""
+                    have += take
+                    if have == want:  # one copy per block, however the bytes arrived
+                        block = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        chunks.clear()
+                        have = 0
+                        self.blocks.fulfil((key, pending.pop(0)), block)
 
             try:
                 fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), write)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import random
 import threading
 import time
@@ -76,6 +77,11 @@ class Client:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = f"desfs/{__version__}"
+        # Proxies from the environment are read once here; with trust_env requests would also
+        # stat ~/.netrc and re-read the environment on every request (a range read is one).
+        self.session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        self.session.trust_env = False
+        ca_bundle = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if ca_bundle:
             self.session.verify = ca_bundle
         self._warned: set[str] = set()

@@ -13,7 +13,9 @@ costs only the blocks it touches.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,11 +25,24 @@ log = logging.getLogger(__name__)
 
 
 class Prefetcher:
-    """A pool of `workers` threads that fetch runs of blocks into a BlockCache."""
+    """A pool of `workers` threads that fetch runs of blocks into a BlockCache.
 
-    def __init__(self, blocks: BlockCache, workers: int) -> None:
+    How many fetches run at once adapts to the link: parallel range requests
+    pay off when each stream is slow (a far server, a per-connection cap), and
+    only cost CPU when one stream is already fast (a near server). The rate of a
+    fetch that ran alone sets the limit to about `target_rate` / rate, between 1
+    and `workers`; fetches that overlapped others are not measured, since on a
+    busy CPU they look slow for want of CPU, not of network.
+    """
+
+    def __init__(self, blocks: BlockCache, workers: int, target_rate: float = 200e6) -> None:
         self.blocks = blocks
         self.workers = max(1, workers)
+        self.target_rate = target_rate
+        self.limit = 1  # fetches allowed at once; opens up once a lone fetch shows a slow stream
+        self._active = 0
+        self._started = 0  # fetches begun so far, to tell whether one ran alone
+        self._slots = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="desfs-readahead")
         self._closed = False
 
@@ -37,13 +52,38 @@ class Prefetcher:
             self._pool.submit(self._run, key, size, first, last, fetch)
 
     def _run(self, key, size, first, last, fetch) -> None:
+        with self._slots:
+            while self._active >= self.limit and not self._closed:
+                self._slots.wait(0.5)
+            self._active += 1
+            self._started += 1
+            alone, ticket = self._active == 1, self._started
+        started = time.monotonic()
         try:
-            self.blocks.fetch_run(key, size, first, last, fetch)
+            fetched = self.blocks.fetch_run(key, size, first, last, fetch)
         except Exception as exc:  # the reader that needs these blocks fetches them again and sees the error
             log.debug("readahead of blocks %d..%d of %r failed: %s", first, last - 1, key, exc)
+            fetched = 0
+        finally:
+            with self._slots:
+                self._active -= 1
+                alone = alone and self._started == ticket
+                self._slots.notify()
+        if fetched and alone:
+            self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
+
+    def _adapt(self, rate: float) -> None:
+        wanted = max(1, min(self.workers, math.ceil(self.target_rate / rate)))
+        with self._slots:
+            if wanted != self.limit:
+                log.debug("readahead: %.0f MB/s per stream, %d fetches at once", rate / 1e6, wanted)
+                self.limit = wanted
+                self._slots.notify_all()
 
     def close(self) -> None:
         self._closed = True
+        with self._slots:
+            self._slots.notify_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -91,9 +131,9 @@ class ReadStream:
         return start, target
 
     def _part_bytes(self) -> int:
-        """Bytes per readahead request: the window shared among the workers, 1 to 8 blocks."""
+        """Bytes per readahead request: the window shared among the fetches allowed at once, 1 to 8 blocks."""
         bs = self.blocks.block_size
-        return bs * max(1, min(8, self.window // bs // self.prefetcher.workers))
+        return bs * max(1, min(8, self.window // bs // self.prefetcher.limit))
 
     def _submit(self, start: int, stop: int) -> None:
         """Split [start, stop) into parts so that the pool's workers fetch them in parallel."""

@@ -20,7 +20,6 @@ import re
 import socket
 import sys
 import threading
-import time
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit

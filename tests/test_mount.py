@@ -5,7 +5,6 @@ import filecmp
 import mmap
 import os
 import random
-import shutil
 import stat
 import subprocess
 import threading
@@ -13,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import BIG_SIZE, ODD_NAMES, source_files, start_nginx, stop_nginx
+from conftest import BIG_SIZE, ODD_NAMES, source_files
+from nginxserver import start_nginx, stop_nginx
 
 pytestmark = [pytest.mark.mount, pytest.mark.nginx]
 

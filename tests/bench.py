@@ -1,0 +1,226 @@
+"""desfs benchmark (not a test; run: bash .ci/bench).
+
+Starts nginx configured like the DES file server on loopback, and a latency
+proxy in front of it that plays a far server (default 40 ms each way, each
+connection paced to 16 MB/s). On both, on the same files, it measures:
+
+  1. sequential read of a large file through desfs vs a direct single-stream
+     download (curl) of the same URL;
+  2. reading the header of a 1 GiB FITS file with astropy: bytes and time;
+  3. a cold `ls -lR` of a job tree with a folder of 5000 files: time and requests;
+  4. re-reading the file of (1), already read: MB/s;
+  5. the peak resident memory of the desfs process during (1);
+
+prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from latencyproxy import LatencyProxy  # noqa: E402
+from nginxserver import start_nginx, stop_nginx  # noqa: E402
+
+from desfs.sample import make_sample  # noqa: E402
+
+MiB = 1024 * 1024
+DESFS = [sys.executable, "-m", "desfs"]
+
+
+def build_data(root: Path, size_mib: int, many: int) -> tuple[str, str]:
+    """The sample jobs plus big.bin, a sparse 1 GiB big.fits and a folder of `many` files."""
+    sample = make_sample(str(root), user="bench")
+    job = Path(sample.cutout_dir)
+    with open(job / "big.bin", "wb") as f:
+        for _ in range(size_mib // 16):
+            f.write(os.urandom(16 * MiB))
+    side = 16384  # 16384² float32 = 1 GiB of data after one header block
+    cards = [f"{'SIMPLE':<8}= {'T':>20}", f"{'BITPIX':<8}= {-32:>20}", f"{'NAXIS':<8}= {2:>20}",
+             f"{'NAXIS1':<8}= {side:>20}", f"{'NAXIS2':<8}= {side:>20}", f"{'OBJECT':<8}= 'BENCH   '", "END"]
+    header = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    with open(job / "big.fits", "wb") as f:
+        f.write(header)
+        f.truncate(2880 + -(-side * side * 4 // 2880) * 2880)  # data padded to whole FITS blocks
+    (job / "many").mkdir()
+    for i in range(many):
+        (job / "many" / f"DESJ{i:06d}_r.fits").write_bytes(b"x" * (i % 97))
+    return sample.cutout_job, sample.user
+
+
+class Mount:
+    """A desfs mount through the CLI, with its process id from the log."""
+
+    def __init__(self, url: str, where: Path, *options: str) -> None:
+        self.path = where
+        where.mkdir(parents=True, exist_ok=True)
+        self.log = where.with_suffix(".log")
+        r = subprocess.run([*DESFS, "mount", url, str(where), "--log-file", str(self.log), *options],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"mount failed: {r.stderr}")
+        self.pid = int(self.log.read_text().rsplit("(pid ", 1)[1].split(")")[0])
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        subprocess.run([*DESFS, "umount", str(self.path)], capture_output=True, timeout=60)
+
+
+def read_file(path: Path, chunk: int = MiB) -> tuple[int, float]:
+    started = time.monotonic()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            total += len(data)
+    return total, time.monotonic() - started
+
+
+def curl_download(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
+                         capture_output=True, text=True, check=True, timeout=1800).stdout
+    return int(float(out)), time.monotonic() - started
+
+
+def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: int) -> dict:
+    job_url = f"{base}{user}/cutout/{job}/"
+    res: dict = {"site": name}
+    print(f"[{name}] direct download ...", flush=True)
+    n, secs = curl_download(job_url + "big.bin")
+    assert n == size, f"curl got {n} of {size} bytes"
+    res["direct_mb_s"] = n / secs / 1e6
+
+    print(f"[{name}] sequential read through desfs ...", flush=True)
+    m = Mount(job_url, work / f"{name}-seq")
+    try:
+        n, secs = read_file(m.path / "big.bin")
+        assert n == size, f"desfs read {n} of {size} bytes"
+        res["desfs_mb_s"] = n / secs / 1e6
+        res["ratio"] = res["desfs_mb_s"] / res["direct_mb_s"]
+        res["peak_rss_mib"] = m.peak_rss_mib()
+        print(f"[{name}] re-read ...", flush=True)
+        n, secs = read_file(m.path / "big.bin")
+        res["reread_mb_s"] = n / secs / 1e6
+    finally:
+        m.close()
+
+    print(f"[{name}] FITS header read ...", flush=True)
+    from astropy.io import fits
+
+    m = Mount(job_url, work / f"{name}-fits")
+    try:
+        os.stat(m.path / "big.fits")
+        mark = nginx.mark()
+        started = time.monotonic()
+        with fits.open(m.path / "big.fits") as h:
+            assert h[0].header["NAXIS1"] == 16384
+        res["header_s"] = time.monotonic() - started
+        res["header_bytes"] = sum(r[4] for r in nginx.requests_since(mark) if r[1].endswith("big.fits"))
+    finally:
+        m.close()
+
+    print(f"[{name}] cold ls -lR ...", flush=True)
+    m = Mount(job_url, work / f"{name}-ls")
+    try:
+        mark = nginx.mark()
+        started = time.monotonic()
+        out = subprocess.run(["ls", "-lR", str(m.path)], capture_output=True, text=True, check=True).stdout
+        res["ls_lR_s"] = time.monotonic() - started
+        reqs = nginx.requests_since(mark)
+        res["ls_lR_requests"] = len(reqs)
+        res["ls_lR_entries"] = sum(1 for line in out.splitlines() if line[:1] in "-d")
+        folders = sum(1 for line in out.splitlines() if line.startswith("d"))
+        res["ls_lR_folders"] = folders + 0  # every folder below the root, each listed once
+        mark = nginx.mark()
+        subprocess.run(["ls", "-l", str(m.path / "many")], capture_output=True, check=True)
+        res["ls_l_5000_requests"] = len(nginx.requests_since(mark))  # within the TTL: cached
+    finally:
+        m.close()
+    return res
+
+
+ROWS = [
+    ("direct_mb_s", "direct download (curl), MB/s", "{:.1f}"),
+    ("desfs_mb_s", "desfs sequential read, MB/s", "{:.1f}"),
+    ("ratio", "desfs / direct", "{:.2f}"),
+    ("peak_rss_mib", "desfs peak RSS during it, MiB", "{:.0f}"),
+    ("reread_mb_s", "re-read of the same file, MB/s", "{:.0f}"),
+    ("header_bytes", "FITS header of 1 GiB file: bytes fetched", "{:,}"),
+    ("header_s", "FITS header of 1 GiB file: seconds", "{:.3f}"),
+    ("ls_lR_s", "cold ls -lR, seconds", "{:.2f}"),
+    ("ls_lR_requests", "cold ls -lR: requests", "{}"),
+    ("ls_lR_entries", "cold ls -lR: entries listed", "{}"),
+]
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| measure | " + " | ".join(r["site"] for r in results) + " |", "|---|" + "---|" * len(results)]
+    for key, label, fmt in ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) if key in r else "-" for r in results) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size-mib", type=int, default=256, help="size of the sequentially read file (default 256)")
+    p.add_argument("--delay-ms", type=float, default=40, help="far server: delay each way (default 40)")
+    p.add_argument("--rate-mb", type=float, default=16, help="far server: MB/s per connection (default 16)")
+    p.add_argument("--many", type=int, default=5000, help="files in the big folder (default 5000)")
+    p.add_argument("--out", default="bench-results.json")
+    args = p.parse_args(argv)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        os.environ.pop(var, None)
+    if not shutil.which("curl"):
+        print("bench: curl is needed for the direct download", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="desfs-bench-"))
+    nginx_proc = proxy = None
+    try:
+        print(f"bench: writing data under {work} ...", flush=True)
+        job, user = build_data(work / "root", args.size_mib, args.many)
+        nginx, nginx_proc = start_nginx(str(work / "root"), work / "nginx")
+        proxy = LatencyProxy(nginx.port, args.delay_ms / 1000, args.rate_mb * 1e6).start()
+        sites = [("loopback", nginx.base_url),
+                 (f"far ({2 * args.delay_ms:.0f} ms RTT, {args.rate_mb:g} MB/s per connection)",
+                  f"http://127.0.0.1:{proxy.port}/files-desaccess/")]
+        size = args.size_mib * MiB
+        results = [measure(name, base, job, user, work, nginx, size) for name, base in sites]
+    finally:
+        if proxy:
+            proxy.stop()
+        if nginx_proc:
+            stop_nginx(nginx_proc)
+        for mnt in work.glob("*/"):
+            subprocess.run([*DESFS, "umount", str(mnt)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "file_mib": args.size_mib,
+            "defaults": "cache 256M, block 1M, readahead 64M, 8 connections"}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print()
+    print(table(results))
+    print(f"\n({meta['when']}, {meta['cpus']} CPUs, Python {meta['python']}; JSON in {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
