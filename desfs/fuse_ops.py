@@ -92,7 +92,7 @@ class DesfsOperations(Operations):
 
     @_errno
     def readdir(self, path, fh):
-        entries = self.tree.list_dir(path)
+        entries = self.tree.read_folder(path)
         return [".", ".."] + [(name, self._stat(e), 0) for name, e in entries.items()]
 
     @_errno

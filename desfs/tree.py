@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
@@ -20,6 +21,7 @@ from desfs.readahead import Prefetcher, ReadStream
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class TreeSettings:
     readahead_min: int = 1 * MiB  # first readahead window of a sequential reader
     readahead_max: int = 64 * MiB  # largest window (0: no readahead)
     readahead_workers: int = 8  # parallel range requests of all readahead
+    listing_workers: int = 4  # sub-folder listings fetched at once ahead of a recursive walk
+    listing_prefetch_max: int = 32  # sub-folders of one folder whose listings are fetched ahead
 
 
 class Tree:
@@ -52,10 +56,14 @@ class Tree:
         # A window larger than a quarter of the cache would evict its own blocks before they are read.
         self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
         self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None
+        self._listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
+        self._folders_read: dict[str, float] = {}  # folder → when a program last read it
+        self._timer = timer
 
     def close(self) -> None:
         if self.prefetcher:
             self.prefetcher.close()
+        self._listers.shutdown(wait=False, cancel_futures=True)
 
     # -- folders ------------------------------------------------------------
 
@@ -67,6 +75,38 @@ class Tree:
         except NotFound:
             self.forget(path)
             raise
+
+    def read_folder(self, path: str) -> dict[str, Entry]:
+        """list_dir for a program reading the folder (readdir): detects a walk and lists ahead.
+
+        When a folder is read soon after its parent was, a program is walking the
+        tree (ls -R, find, du, cp -r): the listings of its sibling folders and of
+        its own sub-folders are then fetched in the background, so a deep tree
+        does not pay one round trip after another. A folder read on its own costs
+        its one listing.
+        """
+        path = normalize(path)
+        entries = self.list_dir(path)
+        now = self._timer()
+        parent = path.rpartition("/")[0] or "/"
+        walking = path != "/" and now - self._folders_read.get(parent, -WALK_SECONDS) < WALK_SECONDS
+        self._folders_read[path] = now
+        if len(self._folders_read) > 10_000:
+            self._folders_read = {p: t for p, t in self._folders_read.items() if now - t < WALK_SECONDS}
+        if walking:
+            siblings = [join(parent, e.name) for e in self.listings.peek(parent).values() if e.is_dir] \
+                if self.listings.peek(parent) else []
+            children = [join(path, e.name) for e in entries.values() if e.is_dir]
+            for folder in (children + siblings)[: self.settings.listing_prefetch_max]:
+                if folder != path and folder not in self.listings:
+                    self._listers.submit(self._prefetch_listing, folder)
+        return entries
+
+    def _prefetch_listing(self, path: str) -> None:
+        try:
+            self.list_dir(path)
+        except OSError as exc:  # whoever lists it for real meets the error
+            log.debug("listing %s ahead failed: %s", path, exc)
 
     def lookup(self, path: str) -> Entry:
         """The entry at `path`, from its parent's listing."""

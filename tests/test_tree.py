@@ -77,3 +77,31 @@ def test_deleted_job_drops_caches(tree, server, sample):
     with pytest.raises(NotFound):
         tree.list_dir("/")
     assert tree.blocks.blocks.current_size == 0
+
+
+def test_a_walk_lists_ahead_without_extra_requests(tree, server, sample, clock):
+    import time
+
+    tree.read_folder("/")
+    assert server.count(suffix="/json") == 1  # a folder read on its own: its listing only
+    tree.read_folder("/DES0226-1541")  # soon after its parent: a walk
+    deadline = time.monotonic() + 5  # its 2 sub-folders and its 2 sibling folders, in the background
+    while server.count(suffix="/json") < 2 + 2 + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.count(suffix="/json") >= 6
+    for folder, _ in tree.walk("/"):
+        pass
+    on_disk = sum(1 for r, d, f in os.walk(sample.cutout_dir) if not os.path.basename(r).startswith("."))
+    assert server.count(suffix="/json") == on_disk  # every folder listed exactly once
+    tree.close()
+
+
+def test_folders_read_apart_do_not_list_ahead(tree, server, clock):
+    tree.read_folder("/")
+    clock.now += 60
+    tree.read_folder("/DES0226-1541")
+    import time
+
+    time.sleep(0.2)
+    assert server.count(suffix="/json") == 2
+    tree.close()
