@@ -34,6 +34,7 @@ class Faults:
     shift_content_range: int = 0  # claim bytes from start+shift
     listing_body: dict[str, bytes] = field(default_factory=dict)  # decoded path → body of a /json answer
     html_for_json: bool = False
+    slow_chunk_delay: float = 0.0  # seconds between 64 KiB chunks of a file body (a slow link)
 
 
 class FaultHandler(DesHandler):
@@ -83,6 +84,13 @@ class FaultHandler(DesHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
                 self.connection.shutdown(socket.SHUT_RDWR)
+        elif self.server.faults.slow_chunk_delay and self.server.matches(self.path_decoded()):
+            with open(fs_path, "rb") as f:
+                f.seek(start)
+                for offset in range(start, stop, 65536):
+                    self.wfile.write(f.read(min(65536, stop - offset)))
+                    time.sleep(min(self.server.faults.slow_chunk_delay, 1.0))
+            return None
         else:
             return super().copy_range(fs_path, start, stop)
         self.close_connection = True
@@ -105,6 +113,9 @@ class FaultServer(DesServer):
             self.faults = Faults()
             self._seen = 0
             self.requests.clear()
+
+    def matches(self, path: str) -> bool:
+        return not self.faults.match or self.faults.match in path
 
     def take(self, path: str) -> bool:
         """Does this request fall under the faults (path matches, past `skip`)?"""
