@@ -352,112 +352,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("desfs demo: unmounted and stopped", file=sys.stderr)
 
 
-# -- get, ls ---------------------------------------------------------------------
-
-
-def open_source(args: argparse.Namespace):
-    """(tree, remote path, entry) for SOURCE: a folder URL, or a file URL (found by HEAD, since a
-    job's .log and .tar.gz sit in a folder that cannot be listed)."""
-    from urllib.parse import unquote
-
-    from desfs.client import Client
-    from desfs.errors import NotFound
-    from desfs.listing import Entry
-    from desfs.tree import Tree
-
-    text = args.source
-    if "://" not in text:
-        raise UsageError("SOURCE must be a URL for now (https://<host>/files-desaccess/<user>/<type>/<job_id>/...); "
-                         "<type>/<job_id> and bare job ids need the account sign-in, which is not available yet")
-    url = source_url(text) if text.endswith("/") or text.endswith("/json") else text.split("#", 1)[0]
-    name = unquote(url.rstrip("/").rsplit("/", 1)[-1])
-
-    def tree_at(folder_url: str) -> Tree:
-        client = Client(folder_url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
-                        connections=max(16, getattr(args, "jobs", 1) + 4))
-        return Tree(client)
-
-    folder_url = url if url.endswith("/") else url + "/"
-    tree = tree_at(folder_url)
-    try:
-        tree.list_dir("/")
-        return tree, "/", Entry(name=name, is_dir=True, size=0, mtime=0.0)
-    except NotFound:
-        if url.endswith("/"):
-            raise
-    tree.close()
-    parent = url.rsplit("/", 1)[0] + "/"
-    tree = tree_at(parent)
-    return tree, "/" + name, tree.client.stat("/" + name)
-
-
-def cmd_ls(args: argparse.Namespace) -> int:
-    from desfs.download import human
-
-    tree, path, entry = open_source(args)
-    try:
-        if not entry.is_dir:
-            print(_ls_line(entry, human) if args.long else entry.name)
-            return 0
-        folders = list(tree.walk(path)) if args.recursive else [(path, tree.list_dir(path))]
-        for n, (folder, entries) in enumerate(folders):
-            if args.recursive:
-                print(("\n" if n else "") + ("." + folder if folder != "/" else ".") + ":")
-            for name, e in entries.items():
-                print(_ls_line(e, human) if args.long else name)
-    finally:
-        tree.close()
-    return 0
-
-
-def _ls_line(entry, human) -> str:
-    mode = "dr-xr-xr-x" if entry.is_dir else "-r--r--r--"
-    when = time.gmtime(entry.mtime)
-    recent = abs(time.time() - entry.mtime) < 182 * 86400
-    stamp = time.strftime("%b %e %H:%M", when) if recent else time.strftime("%b %e  %Y", when)
-    return f"{mode} {human(entry.size):>6} {stamp} {entry.name}"
+# -- get, ls (in cli_get) ----------------------------------------------------------
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from desfs.download import Downloader, Progress, human, plan_file, plan_tree
+    from desfs.cli_get import get
 
-    tree, path, entry = open_source(args)
-    try:
-        if entry.is_dir:
-            dest = args.dest or entry.name or "download"
-            plan = plan_tree(tree, dest, args.include, args.exclude)
-        else:
-            dest = args.dest or entry.name
-            if os.path.isdir(dest):
-                dest = os.path.join(dest, entry.name)
-            plan = plan_file(entry, path, dest)
-        if args.dry_run:
-            for item in plan.fetch:
-                print(f"{human(item.entry.size):>6}  {item.local}")
-            print(f"desfs get: would fetch {len(plan.fetch)} files, {human(plan.bytes_to_fetch)}B "
-                  f"({plan.bytes_to_fetch} bytes); {len(plan.up_to_date)} up to date", file=sys.stderr)
-            return 0
-        progress = Progress(plan.bytes_to_fetch, len(plan.fetch), stream=None if args.quiet else sys.stderr,
-                            interval=args.progress_every)
-        downloader = Downloader(tree, jobs=args.jobs, progress=progress)
-        progress.start()
-        try:
-            outcome = downloader.run(plan)
-        except KeyboardInterrupt:
-            progress.stop()
-            print(f"desfs get: interrupted; {progress.files} files complete, partial files kept "
-                  f"(run the same command again to continue)", file=sys.stderr)
-            return 130
-        progress.stop()
-    finally:
-        tree.close()
-    rate = outcome.bytes_done / outcome.seconds / 1e6 if outcome.seconds else 0.0
-    print(f"desfs get: {len(outcome.done)} files, {human(outcome.bytes_done)}B in {outcome.seconds:.1f}s "
-          f"({rate:.1f} MB/s); {len(plan.up_to_date)} already up to date; {len(outcome.failed)} failed -> {dest}",
-          file=sys.stderr)
-    for item, reason in outcome.failed:
-        print(f"desfs get: failed: {item.remote.lstrip('/')}: {reason}", file=sys.stderr)
-    return 1 if outcome.failed else 0
+    return get(args)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from desfs.cli_get import ls
+
+    return ls(args)
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls}
