@@ -58,7 +58,11 @@ def ls(args: argparse.Namespace) -> int:
         if not entry.is_dir:
             print(_ls_line(entry, human) if args.long else entry.name)
             return 0
-        folders = list(tree.walk(path)) if args.recursive else [(path, tree.list_dir(path))]
+        if args.recursive:  # listings fetched level by level in parallel, printed depth-first as ls -R does
+            listings = dict(tree.walk(path, workers=8))
+            folders = list(_depth_first(path, listings))
+        else:
+            folders = [(path, tree.list_dir(path))]
         for n, (folder, entries) in enumerate(folders):
             if args.recursive:
                 print(("\n" if n else "") + ("." + folder if folder != "/" else ".") + ":")
@@ -67,6 +71,14 @@ def ls(args: argparse.Namespace) -> int:
     finally:
         tree.close()
     return 0
+
+
+def _depth_first(folder: str, listings: dict):
+    entries = listings[folder]
+    yield folder, entries
+    for name, e in entries.items():
+        if e.is_dir:
+            yield from _depth_first(folder.rstrip("/") + "/" + name, listings)
 
 
 def _ls_line(entry, human) -> str:
@@ -84,7 +96,7 @@ def get(args: argparse.Namespace) -> int:
     try:
         if entry.is_dir:
             dest = args.dest or entry.name or "download"
-            plan = plan_tree(tree, dest, args.include, args.exclude)
+            plan = plan_tree(tree, dest, args.include, args.exclude, workers=args.jobs)
         else:
             dest = args.dest or entry.name
             if os.path.isdir(dest):

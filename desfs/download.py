@@ -72,10 +72,10 @@ def selected(rel: str, include: list[str], exclude: list[str]) -> bool:
     return not any(hit(p) for p in exclude)
 
 
-def plan_tree(tree: Tree, dest: str, include: list[str] = (), exclude: list[str] = ()) -> Plan:
+def plan_tree(tree: Tree, dest: str, include: list[str] = (), exclude: list[str] = (), workers: int = 4) -> Plan:
     """What to fetch to make `dest` a copy of the whole tree (files up to date are left alone)."""
     plan = Plan()
-    for folder, entries in tree.walk("/"):
+    for folder, entries in tree.walk("/", workers=workers):
         local_folder = os.path.join(dest, *[s for s in folder.split("/") if s])
         plan.folders.append(local_folder)
         for name, entry in entries.items():

@@ -119,14 +119,25 @@ class Tree:
             raise NotFound("no such file or folder", self.client.url(path))
         return entry
 
-    def walk(self, path: str = "/"):
-        """(folder path, entries) for `path` and every folder below it, top-down."""
-        stack = [normalize(path)]
-        while stack:
-            folder = stack.pop()
-            entries = self.list_dir(folder)
-            yield folder, entries
-            stack.extend(join(folder, e.name) for e in reversed(entries.values()) if e.is_dir)
+    def walk(self, path: str = "/", workers: int = 1):
+        """(folder path, entries) for `path` and every folder below it, level by level.
+
+        With `workers` > 1, the folders of each level are listed concurrently, so a
+        deep tree costs one round trip per level rather than one per folder.
+        """
+        level = [normalize(path)]
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="desfs-walk") if workers > 1 else None
+        try:
+            while level:
+                listed = pool.map(self.list_dir, level) if pool else map(self.list_dir, level)
+                next_level = []
+                for folder, entries in zip(level, listed):
+                    yield folder, entries
+                    next_level.extend(join(folder, e.name) for e in entries.values() if e.is_dir)
+                level = next_level
+        finally:
+            if pool:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     # -- files --------------------------------------------------------------
 

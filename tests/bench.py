@@ -10,6 +10,8 @@ connection paced to 16 MB/s). On both, on the same files, it measures:
   3. a cold `ls -lR` of a job tree with a folder of 5000 files: time and requests;
   4. re-reading the file of (1), already read: MB/s;
   5. the peak resident memory of the desfs process during (1);
+  6. downloading a whole job (hundreds of small files, a few large ones) with
+     `desfs get` vs the documentation's sequential script;
 
 prints a table and writes the figures as JSON.
 """
@@ -38,6 +40,7 @@ from desfs.sample import make_sample  # noqa: E402
 
 MiB = 1024 * 1024
 DESFS = [sys.executable, "-m", "desfs"]
+GET_JOB = "0123456789abcdef0123456789abcdef"
 
 
 def build_data(root: Path, size_mib: int, many: int) -> tuple[str, str]:
@@ -57,6 +60,15 @@ def build_data(root: Path, size_mib: int, many: int) -> tuple[str, str]:
     (job / "many").mkdir()
     for i in range(many):
         (job / "many" / f"DESJ{i:06d}_r.fits").write_bytes(b"x" * (i % 97))
+    get_job = Path(sample.cutout_dir).parent / GET_JOB  # for (6): a cutout job of a usual shape
+    for t in range(6):
+        for o in range(10):
+            folder = get_job / f"DES{t:04d}-1541" / f"DESJ02264{o}.4160-154120.0040"
+            folder.mkdir(parents=True)
+            for band in "grizy":
+                (folder / f"cutout_{band}.fits").write_bytes(os.urandom(20_160))
+    for i in range(3):
+        (get_job / f"stack_{i}.fits").write_bytes(os.urandom(16 * MiB))
     return sample.cutout_job, sample.user
 
 
@@ -156,12 +168,42 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
         res["ls_lR_entries"] = sum(1 for line in out.splitlines() if line[:1] in "-d")
         folders = sum(1 for line in out.splitlines() if line.startswith("d"))
         res["ls_lR_folders"] = folders + 0  # every folder below the root, each listed once
-        mark = nginx.mark()
-        subprocess.run(["ls", "-l", str(m.path / "many")], capture_output=True, check=True)
-        res["ls_l_5000_requests"] = len(nginx.requests_since(mark))  # within the TTL: cached
     finally:
         m.close()
+    m = Mount(job_url, work / f"{name}-ls5000")
+    try:
+        mark = nginx.mark()
+        started = time.monotonic()
+        subprocess.run(["ls", "-l", str(m.path / "many")], capture_output=True, check=True)
+        res["ls_l_5000_s"] = time.monotonic() - started
+        res["ls_l_5000_requests"] = len(nginx.requests_since(mark))
+    finally:
+        m.close()
+
+    get_url = f"{base}{user}/cutout/{GET_JOB}/"
+    print(f"[{name}] the documentation's download script ...", flush=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(HERE / "doc_download_script.py"), get_url, str(work / f"{name}-script")],
+                   check=True, capture_output=True, timeout=3600)
+    res["script_s"] = time.monotonic() - started
+    print(f"[{name}] desfs get ...", flush=True)
+    started = time.monotonic()
+    subprocess.run([*DESFS, "get", get_url, str(work / f"{name}-get"), "-q"], check=True, capture_output=True,
+                   timeout=3600)
+    res["get_s"] = time.monotonic() - started
+    res["get_speedup"] = res["script_s"] / res["get_s"]
+    res["get_files"] = same_tree(work / f"{name}-script", work / f"{name}-get")
     return res
+
+
+def same_tree(a: Path, b: Path) -> int:
+    """How many files the two downloads hold; both must hold the same names and sizes."""
+    def files(root: Path) -> dict:
+        return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+    fa, fb = files(a), files(b)
+    assert fa == fb, "desfs get and the script downloaded different trees"
+    return len(fa)
 
 
 ROWS = [
@@ -175,6 +217,11 @@ ROWS = [
     ("ls_lR_s", "cold ls -lR, seconds", "{:.2f}"),
     ("ls_lR_requests", "cold ls -lR: requests", "{}"),
     ("ls_lR_entries", "cold ls -lR: entries listed", "{}"),
+    ("ls_l_5000_requests", "cold ls -l of the 5000-file folder: requests", "{}"),
+    ("ls_l_5000_s", "cold ls -l of the 5000-file folder: seconds", "{:.2f}"),
+    ("script_s", "whole job (303 files, 54 MiB): documentation script, s", "{:.1f}"),
+    ("get_s", "whole job: desfs get, s", "{:.1f}"),
+    ("get_speedup", "desfs get speed-up over the script", "{:.1f}x"),
 ]
 
 
