@@ -129,6 +129,9 @@ class DesfsOperations(Operations):
     def opendir(self, path):
         if not self.tree.lookup(path).is_dir:
             raise FuseOSError(errno.ENOTDIR)
+        # Fail here rather than in readdir: glibc reads ENOENT from getdents as the end of an
+        # emptied folder, so a deleted job would list as empty instead of failing.
+        self.tree.list_dir(path)
         return 0
 
     @_errno

@@ -7,13 +7,14 @@ path contains `Faults.match` (all requests when it is empty), and the first
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
-from desfs.server import DesHandler, DesServer
+from desfs.server import DesHandler, DesServer, parse_ranges
 
 STALL_MAX_SECONDS = 20.0  # a stalled answer always ends, so no test thread lingers
 
@@ -35,6 +36,19 @@ class Faults:
     listing_body: dict[str, bytes] = field(default_factory=dict)  # decoded path → body of a /json answer
     html_for_json: bool = False
     slow_chunk_delay: float = 0.0  # seconds between 64 KiB chunks of a file body (a slow link)
+    virtual: dict[str, int] = field(default_factory=dict)  # decoded path → size of a made-up file (PATTERN bytes)
+    random_fail: float = 0.0  # share of requests answered 503 (seeded, repeatable)
+    random_cut: float = 0.0  # share of file bodies cut in half
+
+
+PATTERN = bytes(range(251))  # a made-up file's byte i is PATTERN[i % 251]
+
+
+def pattern_bytes(start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of a made-up file."""
+    first = start % len(PATTERN)
+    reps = (stop - start + first) // len(PATTERN) + 1
+    return (PATTERN * reps)[first:first + stop - start]
 
 
 class FaultHandler(DesHandler):
@@ -61,9 +75,31 @@ class FaultHandler(DesHandler):
             self.server.record(self)
             body = f.listing_body.get(path) or b"<html><body>Not JSON</body></html>"
             return self.send_bytes(200, body, "application/json" if path in f.listing_body else "text/html", head)
+        if hit and f.random_fail and self.server.chance(f.random_fail):
+            self.server.record(self)
+            return self.send_bytes(503, b"busy", "text/plain", head)
+        if path in f.virtual:
+            self.server.record(self)
+            return self.send_virtual(f.virtual[path], head)
         if hit and f.ignore_range and "Range" in self.headers:
             del self.headers["Range"]
         return super().handle_request(head)
+
+    def send_virtual(self, size: int, head: bool) -> None:
+        """A made-up file of `size` bytes (sizes past 4 GiB without the disk), single ranges only."""
+        ranges = parse_ranges(self.headers["Range"], size) if "Range" in self.headers else None
+        if ranges == []:
+            return self.send_error_page(416, {"Content-Range": f"bytes */{size}"})
+        start, stop = ranges[0] if ranges else (0, size)
+        self.send_response(206 if ranges else 200)
+        self.send_header("Last-Modified", "Thu, 26 Nov 2026 00:00:00 GMT")
+        if ranges:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.send_header("Content-Length", str(stop - start))
+        self.end_headers()
+        if not head:
+            for offset in range(start, stop, 1 << 20):
+                self.wfile.write(pattern_bytes(offset, min(stop, offset + (1 << 20))))
 
     def send_header(self, keyword, value):
         f = self.server.faults
@@ -84,6 +120,10 @@ class FaultHandler(DesHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
                 self.connection.shutdown(socket.SHUT_RDWR)
+        elif self.server.faults.random_cut and self.server.chance(self.server.faults.random_cut):
+            super().copy_range(fs_path, start, start + (stop - start) // 2)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
         elif self.server.faults.slow_chunk_delay and self.server.matches(self.path_decoded()):
             with open(fs_path, "rb") as f:
                 f.seek(start)
@@ -107,12 +147,18 @@ class FaultServer(DesServer):
         self.faults = Faults()
         self._lock = threading.Lock()
         self._seen = 0
+        self._rng = random.Random(6)
 
     def reset(self) -> None:
         with self._lock:
             self.faults = Faults()
             self._seen = 0
+            self._rng = random.Random(6)
             self.requests.clear()
+
+    def chance(self, p: float) -> bool:
+        with self._lock:
+            return self._rng.random() < p
 
     def matches(self, path: str) -> bool:
         return not self.faults.match or self.faults.match in path

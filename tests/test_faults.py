@@ -1,0 +1,254 @@
+"""Faults and hostile input through real mounts: every case ends in a defined outcome, never wrong bytes."""
+
+import errno
+import json
+import os
+import random
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_desfs
+from faultserver import FaultServer, pattern_bytes
+
+pytestmark = pytest.mark.mount
+
+GiB = 1024**3
+
+
+@pytest.fixture
+def fmount(mount, server, sample):
+    """A mount of the fault server's job with short timeouts, so failures come fast."""
+    def do(*options, name="mnt"):
+        return mount(sample.url(server.base_url), "--timeout", "2", "--retries", "2", *options, name=name)
+    return do
+
+
+def source(sample, rel):
+    return open(os.path.join(sample.cutout_dir, rel), "rb").read()
+
+
+def job_path(sample, rel=""):
+    return f"/files-desaccess/{sample.user}/cutout/{sample.cutout_job}/" + rel
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_bursts_are_retried(fmount, server, sample, status):
+    m = fmount()
+    server.faults.match, server.faults.status, server.faults.status_count = "summary.json", status, 2
+    assert open(m.path / "summary.json", "rb").read() == source(sample, "summary.json")
+    assert server.count(contains="summary.json") == 3
+
+
+def test_endless_5xx_is_eio_after_retries(fmount, server):
+    m = fmount()
+    server.faults.match, server.faults.status, server.faults.status_count = "summary.json", 503, 1000
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        open(m.path / "summary.json", "rb").read()
+    assert info.value.errno == errno.EIO and time.monotonic() - started < 10
+    # one try and two retries per FUSE read; the kernel retries a failed page read once itself
+    assert server.count(contains="summary.json") in (3, 6)
+    server.reset()
+    assert open(m.path / "summary.json", "rb").read()  # and it works again once the server does
+
+
+@pytest.mark.parametrize("fault", ["truncate_count", "reset_count"])
+def test_cut_bodies_are_resumed_never_short_or_padded(fmount, server, sample, fault):
+    m = fmount("--readahead", "0")
+    server.faults.match = "big.bin"
+    setattr(server.faults, fault, 3)
+    assert open(m.path / "big.bin", "rb").read() == source(sample, "big.bin")
+
+
+def test_stall_mid_body_is_etimedout_then_recovers(fmount, server, sample):
+    m = fmount()
+    # twice: the kernel tries a failed page read once more itself
+    server.faults.match, server.faults.stall, server.faults.stall_count = "summary.json", "after-headers", 2
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        open(m.path / "summary.json", "rb").read()
+    assert info.value.errno == errno.ETIMEDOUT and time.monotonic() - started < 2 * 2 + 1
+    assert open(m.path / "summary.json", "rb").read() == source(sample, "summary.json")
+
+
+def test_server_ignoring_range_gives_right_bytes(fmount, server, sample):
+    m = fmount()
+    server.faults.match, server.faults.ignore_range = "big.bin", True
+    data = source(sample, "big.bin")
+    with open(m.path / "big.bin", "rb") as f:
+        for offset in (0, 3_000_000, len(data) - 100):
+            f.seek(offset)
+            assert f.read(100) == data[offset:offset + 100]
+    assert m.log_text().count("ignores Range") == 1
+
+
+def test_wrong_content_range_is_eio(fmount, server):
+    m = fmount()
+    server.faults.match, server.faults.shift_content_range = "big.bin", 4096
+    with pytest.raises(OSError) as info:
+        open(m.path / "big.bin", "rb").read(10)
+    assert info.value.errno == errno.EIO
+
+
+def test_file_changing_while_open_never_mixes_versions(mount, sample, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(sample.root, root, ignore=shutil.ignore_patterns("a fifo"))
+    srv = FaultServer(str(root)).start()
+    try:
+        m = mount(sample.url(srv.base_url), "--listing-ttl", "1", "--readahead", "0", "--block-size", "1M")
+        target = Path(root, *sample.cutout_dir.split(os.sep)[-4:]) / "big.bin"
+        old = target.read_bytes()
+        new = bytes(b ^ 0xFF for b in old[:4 * 1024 * 1024]) + old[4 * 1024 * 1024:]
+        with open(m.path / "big.bin", "rb", buffering=0) as f:
+            assert f.read(1000) == old[:1000]
+            target.write_bytes(new)
+            os.utime(target, (time.time() + 10, time.time() + 10))
+            f.seek(2 * 1024 * 1024 + 5)
+            with pytest.raises(OSError) as info:
+                f.read(1000)
+            assert info.value.errno == errno.ESTALE
+        time.sleep(1.2)  # the kernel's attribute cache
+        assert open(m.path / "big.bin", "rb").read() == new
+    finally:
+        srv.stop()
+
+
+def test_broken_listings_are_eio_and_the_rest_works(fmount, server, sample):
+    m = fmount()
+    for body in (b"not json", b"<html><body>Index</body></html>", json.dumps({"name": "x"}).encode()):
+        server.faults.listing_body = {job_path(sample, "odd names/json"): body}
+        with pytest.raises(OSError) as info:
+            os.listdir(m.path / "odd names")
+        assert info.value.errno == errno.EIO
+    assert "summary.json" in os.listdir(m.path)
+    assert "Traceback" not in m.log_text()
+
+
+def test_hostile_names_are_refused_never_followed(fmount, server, sample):
+    listing = [{"name": n, "type": "file", "size": 3, "mtime": "Thu, 26 Nov 2026 00:00:00 GMT"}
+               for n in ["..", ".", "", "a/b", "../../etc/passwd", "nul\u0000x", "x" * 256, "ok.txt", "ok.txt"]]
+    listing.append({"name": "..", "type": "directory", "mtime": "Thu, 26 Nov 2026 00:00:00 GMT"})
+    server.faults.listing_body = {job_path(sample, "odd names/json"): json.dumps(listing).encode()}
+    m = fmount()
+    assert os.listdir(m.path / "odd names") == ["ok.txt"]
+    assert os.path.realpath(m.path / "odd names" / "..") == str(m.path)
+    log = m.log_text()
+    assert log.count("refused") >= 6 and "duplicate" in log
+
+
+def test_enormous_listing(fmount, server, sample):
+    listing = [{"name": f"DESJ{i:06d}_r.fits", "type": "file", "size": i, "mtime": "Thu, 26 Nov 2026 00:00:00 GMT"}
+               for i in range(100_000)]
+    server.faults.listing_body = {job_path(sample, "odd names/json"): json.dumps(listing).encode()}
+    m = fmount()
+    names = os.listdir(m.path / "odd names")
+    assert len(names) == 100_000
+    assert os.stat(m.path / "odd names" / "DESJ099999_r.fits").st_size == 99_999
+
+
+def test_files_over_4_gib(fmount, server, sample):
+    size = 5 * GiB + 123
+    listing = [{"name": "huge.fits", "type": "file", "size": size, "mtime": "Thu, 26 Nov 2026 00:00:00 GMT"}]
+    server.faults.listing_body = {job_path(sample, "odd names/empty folder/json"): json.dumps(listing).encode()}
+    server.faults.virtual = {job_path(sample, "odd names/empty folder/huge.fits"): size}
+    m = fmount()
+    path = m.path / "odd names" / "empty folder" / "huge.fits"
+    assert os.stat(path).st_size == size
+    with open(path, "rb", buffering=0) as f:
+        for offset in (2**32 - 10, 2**32 + 12345, size - 100):
+            f.seek(offset)
+            assert f.read(1000) == pattern_bytes(offset, min(size, offset + 1000))
+        f.seek(2**32 + 7)
+        data = b"".join(f.read(1 << 20) for _ in range(8))  # sequential: readahead on, offsets past 2^32
+        assert data == pattern_bytes(2**32 + 7, 2**32 + 7 + len(data))
+    out = subprocess.run(["tail", "-c", "100", str(path)], capture_output=True, check=True).stdout
+    assert out == pattern_bytes(size - 100, size)
+
+
+def test_zero_byte_file(fmount):
+    m = fmount()
+    assert open(m.path / "odd names" / "empty.dat", "rb").read() == b""
+
+
+def test_job_deleted_mid_use(fmount, server, sample):
+    m = fmount("--listing-ttl", "1")
+    assert open(m.path / "summary.json", "rb").read()
+    server.faults.status, server.faults.status_count = 404, 10_000
+    time.sleep(1.2)
+    for action in (lambda: os.listdir(m.path), lambda: open(m.path / "summary.json", "rb").read()):
+        with pytest.raises(OSError) as info:
+            action()
+        assert info.value.errno == errno.ENOENT
+    assert "dropped" in m.log_text()
+
+
+def test_concurrent_random_reads_with_faults(mount, server, sample):
+    m = mount(sample.url(server.base_url), "--timeout", "3", "--retries", "5", "--cache-size", "16M",
+              "--block-size", "256K")
+    files = ["big.bin", "summary.json", "DES0226-1541/DESJ022640.4160-154120.0040/DESJ022640.4160-154120.0040_r.fits",
+             f"positions_{sample.cutout_job}.csv", "odd names/with space.txt"]
+    data = {f: source(sample, f) for f in files}
+    for f in files:
+        os.stat(m.path / f)  # listings in place before the faults start
+    server.faults.random_fail, server.faults.random_cut = 0.05, 0.05
+    wrong, errors = [], []
+
+    def reader(seed):
+        rng = random.Random(seed)
+        for _ in range(60):
+            name = rng.choice(files)
+            size = len(data[name])
+            offset = rng.randrange(size) if size else 0
+            length = rng.randrange(1, 600_000)
+            try:
+                with open(m.path / name, "rb") as fh:
+                    fh.seek(offset)
+                    got = fh.read(length)
+                if got != data[name][offset:offset + length]:
+                    wrong.append((name, offset, length))
+            except OSError as exc:
+                errors.append(exc.errno)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not any(t.is_alive() for t in threads), "a reader hung"
+    assert wrong == []
+    assert set(errors) <= {errno.EIO}
+    server.reset()
+    assert open(m.path / "big.bin", "rb").read() == data["big.bin"]
+    pid = int(m.log_text().split("(pid ")[1].split(")")[0])
+    peak = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM:"))
+    assert peak / 1024 <= 16 + 64, f"peak RSS {peak / 1024:.0f} MiB over the 16 MiB cache + 64 MiB"
+
+
+@pytest.fixture
+def tls_server(sample, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = FaultServer(sample.root)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.start()
+    yield srv.base_url.replace("http://", "https://"), cert
+    srv.stop()
+
+
+def test_tls_is_verified_by_default(tls_server, sample, tmp_path, mount):
+    base, cert = tls_server
+    (tmp_path / "m").mkdir()
+    r = run_desfs("mount", sample.url(base), str(tmp_path / "m"), "--retries", "0")
+    assert r.returncode == 1 and "certificate verify failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    m = mount(sample.url(base), "--ca-bundle", str(cert), name="tls")
+    assert open(m.path / "summary.json", "rb").read() == source(sample, "summary.json")
