@@ -267,10 +267,11 @@ class DesServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: str, port: int = 0, handler=DesHandler) -> None:
-        super().__init__(("127.0.0.1", port), handler)
+    def __init__(self, root: str, port: int = 0, handler=DesHandler, host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), handler)
         self.root = root
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
+        self.headers_seen: list[dict[str, str]] = []  # every request's headers
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._connections: set = set()
@@ -287,7 +288,7 @@ class DesServer(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{PREFIX}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}{PREFIX}"
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -297,6 +298,7 @@ class DesServer(ThreadingHTTPServer):
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self._log_lock:
             self.requests.append((handler.command, unquote(urlsplit(handler.path).path), handler.headers.get("Range", "")))
+            self.headers_seen.append(dict(handler.headers.items()))
 
     def start(self) -> "DesServer":
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)

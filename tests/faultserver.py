@@ -39,6 +39,7 @@ class Faults:
     virtual: dict[str, int] = field(default_factory=dict)  # decoded path → size of a made-up file (PATTERN bytes)
     random_fail: float = 0.0  # share of requests answered 503 (seeded, repeatable)
     random_cut: float = 0.0  # share of file bodies cut in half
+    redirect: dict[str, str] = field(default_factory=dict)  # decoded path → Location of a 302
 
 
 PATTERN = bytes(range(251))  # a made-up file's byte i is PATTERN[i % 251]
@@ -78,6 +79,13 @@ class FaultHandler(DesHandler):
         if hit and f.random_fail and self.server.chance(f.random_fail):
             self.server.record(self)
             return self.send_bytes(503, b"busy", "text/plain", head)
+        if path in f.redirect:
+            self.server.record(self)
+            self.send_response(302)
+            self.send_header("Location", f.redirect[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if path in f.virtual:
             self.server.record(self)
             return self.send_virtual(f.virtual[path], head)
@@ -142,8 +150,8 @@ class FaultHandler(DesHandler):
 
 
 class FaultServer(DesServer):
-    def __init__(self, root: str, port: int = 0) -> None:
-        super().__init__(root, port=port, handler=FaultHandler)
+    def __init__(self, root: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__(root, port=port, handler=FaultHandler, host=host)
         self.faults = Faults()
         self._lock = threading.Lock()
         self._seen = 0
@@ -155,6 +163,7 @@ class FaultServer(DesServer):
             self._seen = 0
             self._rng = random.Random(6)
             self.requests.clear()
+            self.headers_seen.clear()
 
     def chance(self, p: float) -> bool:
         with self._lock:

@@ -252,3 +252,17 @@ def test_tls_is_verified_by_default(tls_server, sample, tmp_path, mount):
     assert r.returncode == 1 and "certificate verify failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     m = mount(sample.url(base), "--ca-bundle", str(cert), name="tls")
     assert open(m.path / "summary.json", "rb").read() == source(sample, "summary.json")
+
+
+def test_redirect_to_another_host_is_followed_and_nothing_secret_is_sent(fmount, server, sample):
+    other = FaultServer(sample.root, host="127.0.0.2").start()  # another host, same files
+    try:
+        src = job_path(sample, "summary.json")
+        server.faults.redirect = {src: other.base_url + src[len("/files-desaccess/"):]}
+        m = fmount()
+        assert open(m.path / "summary.json", "rb").read() == source(sample, "summary.json")
+        assert other.count(contains="summary.json") >= 1
+        seen = server.headers_seen + other.headers_seen
+        assert not any("Authorization" in h or "Cookie" in h for h in seen)
+    finally:
+        other.stop()
