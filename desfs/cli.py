@@ -19,6 +19,8 @@ import time
 from urllib.parse import urlsplit
 
 from desfs import __version__
+from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
+from desfs.credentials import NoCredentials
 from desfs.mounting import MountError, check_mountpoint, find_mount, unmount
 
 log = logging.getLogger("desfs")
@@ -97,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    m = sub.add_parser("mount", help="mount a job folder", description=(
-        "Mount the job folder at SOURCE (a URL whose folders answer <folder>/json) on MOUNTPOINT. "
-        "Goes to the background once the mount is live, unless -f."))
-    m.add_argument("source", metavar="SOURCE", nargs="?", help="URL of a job folder or of any folder below one")
+    m = sub.add_parser("mount", help="mount every job of an account, or one job folder", description=(
+        "desfs mount MOUNTPOINT mounts every job of a DESaccess account (signing in); desfs mount SOURCE "
+        "MOUNTPOINT mounts one job folder: a URL whose folders answer <folder>/json, or <type>/<job_id> or a "
+        "job id of the signed-in account. Goes to the background once the mount is live, unless -f."))
+    m.add_argument("source", metavar="SOURCE", nargs="?",
+                   help="URL of a job folder (or a folder below one), <type>/<job_id>, or a job id")
     m.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     add_client_options(m)
     add_cache_options(m)
+    add_account_options(m)
+    m.add_argument("--jobs-ttl", type=positive_float, default=60.0, metavar="SECONDS",
+                   help="account mount: how often the job list is fetched again (default: 60)")
 
     u = sub.add_parser("umount", help="unmount a desfs mount", description=(
         "Unmount a desfs mount; also cleans up a mount whose process died."))
@@ -133,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between progress lines when not on a terminal (default: 10)")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
     add_client_options(g)
+    add_account_options(g)
 
     ls = sub.add_parser("ls", help="list a remote folder", description="List the folder at SOURCE, as ls would.")
     ls.add_argument("source", metavar="SOURCE", help="URL of a job folder, a folder below one, or a file")
@@ -140,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-R", dest="recursive", action="store_true", help="list sub-folders too")
     ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
     add_client_options(ls)
+    add_account_options(ls)
+
+    j = sub.add_parser("jobs", help="list the account's jobs", description=(
+        "List the jobs of a DESaccess account: type, id, name, status, when it finished, when it expires."))
+    j.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    j.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
+    add_client_options(j)
+    add_account_options(j)
 
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
         "Start a local file server that answers like the DES file server, over a generated sample "
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"desfs {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (MountError, OSError) as exc:
+    except (MountError, NoCredentials, OSError) as exc:
         if args.debug:
             log.exception("failed")
         print(f"desfs {args.command}: {exc}", file=sys.stderr)
@@ -191,21 +207,23 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    if args.mountpoint is None:
-        if args.source is None:
-            raise UsageError("give SOURCE and MOUNTPOINT: desfs mount https://<host>/files-desaccess/<user>/<type>/<job_id>/ ~/des")
-        raise UsageError(
-            "mounting every job of an account (desfs mount MOUNTPOINT) is not available yet: "
-            "give the URL of a job folder, desfs mount URL MOUNTPOINT")
-    url = source_url(args.source)
+    if args.source is None:
+        raise UsageError("give MOUNTPOINT (every job of your account) or SOURCE MOUNTPOINT (one job folder)")
+    if args.mountpoint is None:  # desfs mount ~/des: the whole account
+        args.mountpoint, args.source = args.source, None
+        url = None
+    elif args.credentials_fd is None and "://" not in args.source:
+        url = source_url(resolve_source(args, args.source))  # a job id: signs in to find the job's folder
+    else:
+        url = source_url(args.source)
     if not args.foreground:
         return _mount_in_background(args, url)
     return _serve(args, url, ready_fd=args.ready_fd)
 
 
-def _mount_options(args: argparse.Namespace, url: str) -> dict:
+def _mount_options(args: argparse.Namespace, source: str) -> dict:
     options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs",
-                     "fsname": "desfs:" + url.replace(",", "%2C")}
+                     "fsname": "desfs:" + source.replace(",", "%2C")}
     for group in args.options:
         for opt in filter(None, group.split(",")):
             key, eq, value = opt.partition("=")
@@ -215,8 +233,9 @@ def _mount_options(args: argparse.Namespace, url: str) -> dict:
     return options
 
 
-def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
-    """Mount and serve in this process until unmounted; report readiness or failure on `ready_fd`."""
+def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> int:
+    """Mount `url` (None: the whole account) and serve in this process until unmounted;
+    report readiness or failure on `ready_fd`."""
     from desfs.client import Client
     from desfs.fuse_ops import DesfsOperations, run
     from desfs.tree import Tree, TreeSettings
@@ -231,21 +250,24 @@ def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
 
     try:
         mountpoint = check_mountpoint(args.mountpoint)
-        options = _mount_options(args, url)
-        client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
-                        connections=args.connections + 16)  # readahead workers + FUSE threads
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
                                 readahead_max=args.readahead, readahead_workers=args.connections)
-        tree = Tree(client, settings)
-        try:
-            tree.list_dir("/")
-        except OSError as exc:
-            raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
-    except (MountError, UsageError, ValueError) as exc:
+        if url is None:
+            tree, source = _account_tree(args, settings)
+        else:
+            client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
+                            connections=args.connections + 16)  # readahead workers + FUSE threads
+            tree, source = Tree(client, settings), url
+            try:
+                tree.list_dir("/")
+            except OSError as exc:
+                raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
+        options = _mount_options(args, source)
+    except (MountError, UsageError, NoCredentials, ValueError, OSError) as exc:
         report(f"error: {exc}")
         raise
     ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()))
-    log.info("mounting %s on %s (pid %d)", url, mountpoint, os.getpid())
+    log.info("mounting %s on %s (pid %d)", source, mountpoint, os.getpid())
     try:
         run(ops, mountpoint, options)
     except RuntimeError as exc:
@@ -255,8 +277,25 @@ def _serve(args: argparse.Namespace, url: str, ready_fd: int | None) -> int:
     return 0
 
 
-def _mount_in_background(args: argparse.Namespace, url: str) -> int:
+def _account_tree(args: argparse.Namespace, settings):
+    from desfs.account import AccountTree
+    from desfs.cli_account import site_urls
+
+    api = sign_in(args)
+    _, files_url, _ = site_urls(args)
+    tree = AccountTree(api, files_url, settings, jobs_ttl=args.jobs_ttl, timeout=args.timeout, retries=args.retries,
+                       ca_bundle=args.ca_bundle, connections=args.connections + 16)
+    try:
+        jobs = tree.jobs()
+    except OSError as exc:
+        raise MountError(f"cannot list the jobs of {api.username}: {exc.strerror}") from exc
+    log.info("%d jobs of %s", len(jobs), api.username)
+    return tree, f"{api.username}@{files_url}"
+
+
+def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
     mountpoint = check_mountpoint(args.mountpoint)  # fail fast, before a child exists
+    creds = credentials(args) if url is None else None  # may prompt: the terminal is here, not in the child
     log_file = os.path.abspath(os.path.expanduser(args.log_file or "~/.cache/desfs/mount.log"))
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_end, write_end = os.pipe()
@@ -270,11 +309,26 @@ def _mount_in_background(args: argparse.Namespace, url: str) -> int:
         child += ["-o", group]
     if args.ca_bundle:
         child += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
-    child += [url, mountpoint]
+    pass_fds = [write_end]
+    if creds is not None:
+        cred_read, cred_write = os.pipe()
+        pass_fds.append(cred_read)
+        child += ["--credentials-fd", str(cred_read), "--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
+        for option in ("api_url", "files_url", "database"):
+            if getattr(args, option):
+                child += ["--" + option.replace("_", "-"), getattr(args, option)]
+        child += [mountpoint]
+    else:
+        child += [url, mountpoint]
+    env = {k: v for k, v in os.environ.items() if k != "DESACCESS_PASSWORD"}  # it has it through the pipe
     with open(log_file, "ab") as logf:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",
-                                pass_fds=(write_end,), start_new_session=True)
+                                pass_fds=pass_fds, start_new_session=True, env=env)
     os.close(write_end)
+    if creds is not None:
+        os.close(cred_read)
+        with os.fdopen(cred_write, "w", encoding="utf-8") as pipe:
+            pipe.write(f"{creds.username}\n{creds.password}\n")
     # The child answers after its first listing (bounded by timeout and retries) and the FUSE init.
     deadline = time.monotonic() + args.timeout * (args.retries + 1) + 30
     answer = b""
@@ -340,10 +394,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"  desfs mount {sample.url(server.base_url, 'query')} /some/empty/folder   (the sample query job)\n"
               f"Press Ctrl-C here to unmount and stop.", flush=True)
 
-    mount_args = argparse.Namespace(
-        mountpoint=mountpoint, options=[], timeout=30.0, retries=3, ca_bundle=None, cache_size=parse_size("256M"),
-        block_size=parse_size("1M"), listing_ttl=120.0, readahead=parse_size("64M"), connections=8,
-        debug=args.debug, on_ready=tell)
+    mount_args = build_parser().parse_args(["mount", "--foreground", url, mountpoint])  # the mount's defaults
+    mount_args.debug, mount_args.on_ready = args.debug, tell
     try:
         return _serve(mount_args, url, ready_fd=None)
     finally:
@@ -367,4 +419,5 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return ls(args)
 
 
-COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls}
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
+            "jobs": cmd_jobs}

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from desfs.cli import UsageError, source_url
+from desfs.cli import source_url
 
 
 def open_source(args: argparse.Namespace):
@@ -19,16 +19,16 @@ def open_source(args: argparse.Namespace):
     job's .log and .tar.gz sit in a folder that cannot be listed)."""
     from urllib.parse import unquote
 
+    from desfs.cli_account import resolve_source
     from desfs.client import Client
     from desfs.errors import NotFound
     from desfs.listing import Entry
     from desfs.tree import Tree
 
-    text = args.source
-    if "://" not in text:
-        raise UsageError("SOURCE must be a URL for now (https://<host>/files-desaccess/<user>/<type>/<job_id>/...); "
-                         "<type>/<job_id> and bare job ids need the account sign-in, which is not available yet")
-    url = source_url(text) if text.endswith("/") or text.endswith("/json") else text.split("#", 1)[0]
+    text = resolve_source(args, args.source)  # a job id becomes its folder's URL (signing in)
+    url = source_url(text)  # checks the scheme, drops /json, adds a slash
+    if not (text.endswith("/") or text.endswith("/json")):
+        url = url[:-1]  # maybe a file: tried as a folder first, below
     name = unquote(url.rstrip("/").rsplit("/", 1)[-1])
 
     def tree_at(folder_url: str) -> Tree:

@@ -187,7 +187,7 @@ class Client:
 
     # -- the one place that talks to the network ----------------------------
 
-    def _call(self, method, url, headers, consume):
+    def _call(self, method, url, headers, consume, data=None, passthrough=()):
         """Send a request and hand the answer to `consume`, retrying what is worth retrying.
 
         `headers` is a dict or a callable that makes one per try (a resumed
@@ -198,7 +198,8 @@ class Client:
         attempt = 0
         while True:
             try:
-                return self._try_once(method, url, headers() if callable(headers) else headers, consume)
+                return self._try_once(method, url, headers() if callable(headers) else headers, consume, data,
+                                      passthrough)
             except _Retryable as exc:
                 if attempt >= self.retries:
                     raise ServerError(f"{exc} (after {attempt + 1} tries)", url) from None
@@ -208,11 +209,12 @@ class Client:
                 attempt += 1
                 time.sleep(delay)
 
-    def _try_once(self, method, url, headers, consume):
+    def _try_once(self, method, url, headers, consume, data=None, passthrough=()):
         started = time.monotonic()
         try:
             resp = self.session.request(
-                method, url, headers=headers, timeout=(self.timeout, self.timeout), stream=True, allow_redirects=True
+                method, url, headers=headers, data=data, timeout=(self.timeout, self.timeout), stream=True,
+                allow_redirects=True,
             )
         except requests.Timeout as exc:
             raise Timeout(f"no answer within {self.timeout:g} s", url) from exc
@@ -225,6 +227,8 @@ class Client:
         with resp:
             log.debug("%s %s %s -> %d", method, url, headers.get("Range", ""), resp.status_code)
             status = resp.status_code
+            if status in passthrough:
+                return consume(resp)
             if status in (404, 410):
                 raise NotFound("not found on the server (HTTP %d)" % status, url)
             if status in (401, 403):
@@ -260,6 +264,34 @@ class Client:
                 return
             self._warned.add(key)
         log.warning("%s", message)
+
+
+class JsonCaller:
+    """JSON calls to an API (POST a form or GET), with the Client's timeouts, retries and errors.
+
+    Answers of any status come back as (status, body); only the transport
+    (refused connection, 5xx/429, timeout) is retried and turned into errors.
+    A body that is not JSON is a ServerError. Nothing here is ever logged of
+    the form or headers (they hold passwords and tokens).
+    """
+
+    def __init__(self, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.25,
+                 ca_bundle: str | None = None) -> None:
+        self._http = Client("http://api.invalid/", timeout=timeout, retries=retries, backoff=backoff,
+                            ca_bundle=ca_bundle, connections=4)
+
+    def call(self, method: str, url: str, form: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        http = self._http
+
+        def consume(resp: requests.Response) -> tuple[int, dict]:
+            try:
+                body = resp.json()
+            except ValueError:
+                raise ServerError(f"the API answered HTTP {resp.status_code} without JSON", url) from None
+            return resp.status_code, body if isinstance(body, dict) else {"value": body}
+
+        return http._call(method, url, headers, consume, data=form, passthrough=(400, 401, 403, 404, 406))
 
 
 def _range_header(start: int, stop: int) -> str:

@@ -22,12 +22,13 @@ from fuse import FUSE, FuseOSError, Operations
 
 from desfs.listing import Entry
 from desfs.readahead import ReadStream
-from desfs.tree import Tree
+from desfs.tree import Tree  # or an AccountTree: the same interface
 
 log = logging.getLogger(__name__)
 
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
+LINK_MODE = stat.S_IFLNK | 0o777
 BLKSIZE = 1024 * 1024  # tells cp, cat and friends to read in big chunks
 
 
@@ -135,6 +136,10 @@ class DesfsOperations(Operations):
         return 0
 
     @_errno
+    def readlink(self, path):
+        return self.tree.readlink(path)
+
+    @_errno
     def access(self, path, amode):
         self.tree.lookup(path)
         if amode & os.W_OK:
@@ -148,6 +153,8 @@ class DesfsOperations(Operations):
         ns = int(entry.mtime * 1e9)
         if entry.is_dir:
             mode, size = DIR_MODE, 0
+        elif entry.link is not None:
+            mode, size = LINK_MODE, len(entry.link.encode())
         else:
             mode, size = FILE_MODE, entry.size
         return {

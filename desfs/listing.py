@@ -27,6 +27,7 @@ class Entry:
     is_dir: bool
     size: int  # bytes; 0 for folders
     mtime: float  # seconds since the epoch, UTC
+    link: str | None = None  # a symbolic link's target (made by desfs, never by a listing)
 
     @property
     def version(self) -> tuple[int, float]:

@@ -38,6 +38,24 @@ class TreeSettings:
     listing_prefetch_max: int = 32  # sub-folders of one folder whose listings are fetched ahead
 
 
+class Caches:
+    """The caches and worker pools of a mount, shared by every Tree in it (one memory budget)."""
+
+    def __init__(self, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
+        self.settings, self.timer = settings, timer
+        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size, timer=timer)
+        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
+        # A window larger than a quarter of the cache would evict its own blocks before they are read.
+        self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
+        self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None
+        self.listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
+
+    def close(self) -> None:
+        if self.prefetcher:
+            self.prefetcher.close()
+        self.listers.shutdown(wait=False, cancel_futures=True)
+
+
 class Tree:
     """Folders and files under one base URL.
 
@@ -45,25 +63,30 @@ class Tree:
     parent's listing (no request per file); a name missing from a cached
     listing costs no request. File bytes are cached in blocks keyed by
     (path, size, mtime): a file that changes on the server gets new keys.
+    Trees that share `caches` name their keys with their own `prefix`.
     """
 
-    def __init__(self, client: Client, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
+    def __init__(self, client: Client, settings: TreeSettings = TreeSettings(), timer=time.monotonic,
+                 caches: Caches | None = None, prefix: str = "", listings: LoadingCache | None = None) -> None:
         self.client = client
-        self.settings = settings
-        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size, timer=timer)
-        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
+        self.caches = caches or Caches(settings, timer)
+        self._owns_caches = caches is None
+        self.settings = self.caches.settings
+        self.listings = listings or self.caches.listings  # a job still running gets a short-lived one
+        self.blocks, self.prefetcher = self.caches.blocks, self.caches.prefetcher
+        self.readahead_max = self.caches.readahead_max
+        self.prefix = prefix.rstrip("/")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
-        # A window larger than a quarter of the cache would evict its own blocks before they are read.
-        self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
-        self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None
-        self._listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
         self._folders_read: dict[str, float] = {}  # folder → when a program last read it
-        self._timer = timer
+        self._timer = self.caches.timer
 
     def close(self) -> None:
-        if self.prefetcher:
-            self.prefetcher.close()
-        self._listers.shutdown(wait=False, cancel_futures=True)
+        if self._owns_caches:
+            self.caches.close()
+
+    def _key(self, path: str) -> str:
+        """The cache key of a normalized path: the path below this tree's prefix."""
+        return self.prefix + path if path != "/" or not self.prefix else self.prefix
 
     # -- folders ------------------------------------------------------------
 
@@ -71,7 +94,7 @@ class Tree:
         """The entries of the folder at `path`, by name, in the server's order."""
         path = normalize(path)
         try:
-            return self.listings.get(path, lambda: {e.name: e for e in self.client.list_dir(path)})
+            return self.listings.get(self._key(path), lambda: {e.name: e for e in self.client.list_dir(path)})
         except NotFound:
             self.forget(path)
             raise
@@ -94,12 +117,12 @@ class Tree:
         if len(self._folders_read) > 10_000:
             self._folders_read = {p: t for p, t in self._folders_read.items() if now - t < WALK_SECONDS}
         if walking:
-            siblings = [join(parent, e.name) for e in self.listings.peek(parent).values() if e.is_dir] \
-                if self.listings.peek(parent) else []
+            parent_entries = self.listings.peek(self._key(parent)) or {}
+            siblings = [join(parent, e.name) for e in parent_entries.values() if e.is_dir]
             children = [join(path, e.name) for e in entries.values() if e.is_dir]
             for folder in (children + siblings)[: self.settings.listing_prefetch_max]:
-                if folder != path and folder not in self.listings:
-                    self._listers.submit(self._prefetch_listing, folder)
+                if folder != path and self._key(folder) not in self.listings:
+                    self.caches.listers.submit(self._prefetch_listing, folder)
         return entries
 
     def _prefetch_listing(self, path: str) -> None:
@@ -144,7 +167,7 @@ class Tree:
     def open(self, path: str, entry: Entry) -> ReadStream:
         """A stream for reading version `entry` of the file at `path`, with readahead."""
         path = normalize(path)
-        return ReadStream(self.blocks, self.prefetcher, (path, entry.size, entry.mtime), entry.size,
+        return ReadStream(self.blocks, self.prefetcher, (self._key(path), entry.size, entry.mtime), entry.size,
                           self._fetcher(path, entry), self.settings.readahead_min, self.readahead_max)
 
     def read(self, path: str, entry: Entry, offset: int, length: int, stream: ReadStream | None = None) -> bytes:
@@ -153,7 +176,7 @@ class Tree:
         try:
             if stream is not None:
                 return stream.read(offset, length)
-            key = (path, entry.size, entry.mtime)
+            key = (self._key(path), entry.size, entry.mtime)
             return self.blocks.read(key, entry.size, offset, length, self._fetcher(path, entry))
         except Stale:
             self.forget_listing(path.rpartition("/")[0] or "/")
@@ -162,6 +185,9 @@ class Tree:
             self.forget(path)
             raise
 
+    def readlink(self, path: str) -> str:
+        raise OSError(22, "not a symbolic link", path)  # listings hold no links
+
     def _fetcher(self, path: str, entry: Entry):
         return lambda start, stop, write: self.client.fetch(path, start, stop, entry, write)
 
@@ -169,18 +195,19 @@ class Tree:
 
     def forget_listing(self, folder: str) -> None:
         """Drop one folder's cached listing, so the next look sees the server's."""
-        folder = normalize(folder)
-        self.listings.discard_where(lambda k: k == folder)
+        key = self._key(normalize(folder))
+        self.listings.discard_where(lambda k: k == key)
 
     def forget(self, path: str) -> None:
         """Drop everything cached at or below `path` (a deleted job, a vanished file)."""
         path = normalize(path)
-        prefix = path.rstrip("/") + "/"
-        below = lambda p: p == path or p.startswith(prefix)  # noqa: E731
+        key = self._key(path)
+        prefix = key.rstrip("/") + "/"
+        below = lambda k: k == key or k.startswith(prefix)  # noqa: E731
         listings = self.listings.discard_where(below)
         blocks = self.blocks.discard_file(lambda key: below(key[0]))
         if listings or blocks:
-            log.info("dropped %d listings and %d blocks under %s", listings, blocks, path)
+            log.info("dropped %d listings and %d blocks under %s", listings, blocks, key)
 
 
 def normalize(path: str) -> str:

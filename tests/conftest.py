@@ -116,12 +116,14 @@ def mount(tmp_path):
     """
     made: list[Mounted] = []
 
-    def do_mount(url: str, *options: str, name: str = "mnt") -> Mounted:
+    def do_mount(url: str | None, *options: str, name: str = "mnt", env: dict | None = None) -> Mounted:
+        """url None: an account mount (desfs mount MOUNTPOINT)."""
         path = tmp_path / name
         path.mkdir()
         log = tmp_path / f"{name}.log"
-        result = run_desfs("mount", url, str(path), "--log-file", str(log), *options)
-        m = Mounted(path, log, url)
+        source = [url] if url else []
+        result = run_desfs("mount", *source, str(path), "--log-file", str(log), *options, env=env)
+        m = Mounted(path, log, url or "")
         assert result.returncode == 0, f"mount failed: {result.stderr}\n{m.log_text()}"
         made.append(m)
         assert os.path.ismount(path)

@@ -133,8 +133,16 @@ def test_progress_lines_when_not_on_a_terminal(server, sample, tmp_path):
 def test_get_errors_are_one_line(tmp_path, server, sample):
     r = run_desfs("get", f"{server.base_url}{sample.user}/cutout/{'0' * 32}/", str(tmp_path / "x"))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr
-    r = run_desfs("get", "cutout/" + "0" * 32)
+    r = run_desfs("get", "cutout/" + "0" * 32, env=no_credentials_env())  # a job id needs a sign-in
+    assert r.returncode == 1 and "no DESaccess credentials" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_desfs("get", "not-a-url-or-id")
     assert r.returncode == 2 and "URL" in r.stderr
+
+
+def no_credentials_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESACCESS_")}
+    env["HOME"] = "/nonexistent"
+    return env
 
 
 def test_ls(nginx, sample):

@@ -1,0 +1,280 @@
+"""Account layer: every job of a DESaccess account as one tree, in mount paths.
+
+    /<type>/<job_id>/...        the job's files (a Tree per job, all sharing one set of caches)
+    /<type>/<job_id>.log        the job's log and archive (.tar.gz): fetchable but not listable on
+    /<type>/<job_id>.tar.gz     the server, so found with HEAD and shown when they exist
+    /by-name/<job_name>         a symbolic link to ../<type>/<job_id>
+
+Which jobs exist comes from the API (the server cannot list a user's folders).
+Speaks the same interface as Tree (lookup, list_dir, read_folder, open, read,
+readlink), so the FUSE adapter serves either; knows no FUSE and no HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from desfs.api import Api, Job
+from desfs.cache import LoadingCache
+from desfs.client import Client
+from desfs.errors import NotFound
+from desfs.listing import Entry, name_problem
+from desfs.tree import Caches, Tree, TreeSettings, normalize
+
+log = logging.getLogger(__name__)
+
+BY_NAME = "by-name"
+ALWAYS_SHOWN = ("cutout", "query")
+SIDECARS = {"cutout": (".log", ".tar.gz"), "query": (".log",)}
+UNFINISHED_LISTING_TTL = 10.0  # seconds: the files of a running job change
+
+
+class AccountTree:
+    def __init__(self, api: Api, files_url: str, settings: TreeSettings = TreeSettings(), *, jobs_ttl: float = 60.0,
+                 timeout: float = 30.0, retries: int = 3, ca_bundle: str | None = None,
+                 connections: int = 24, timer=time.monotonic) -> None:
+        self.api = api
+        self.files_url = files_url.rstrip("/") + "/"
+        self.caches = Caches(settings, timer)
+        self.settings = settings
+        self._timer = timer
+        self._client_options = dict(timeout=timeout, retries=retries, ca_bundle=ca_bundle, connections=connections)
+        self._session = None  # one connection pool for every job's Client
+        self._job_list = LoadingCache(1, jobs_ttl, timer=timer)
+        self._unfinished_listings = LoadingCache(settings.listing_entries, UNFINISHED_LISTING_TTL, timer=timer)
+        self._known: dict[tuple[str, str], Job] | None = None
+        self._trees: dict[tuple[str, str], Tree] = {}
+        self._sidecars: dict[tuple[str, str], dict[str, Entry]] = {}
+        self._lock = threading.Lock()
+        self._heads = ThreadPoolExecutor(8, thread_name_prefix="desfs-sidecar")
+        self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
+
+    def close(self) -> None:
+        self._heads.shutdown(wait=False, cancel_futures=True)
+        self.caches.close()
+
+    # -- the job list -------------------------------------------------------
+
+    def jobs(self) -> dict[tuple[str, str], Job]:
+        """(type, id) → Job, refreshed every `jobs_ttl`; the last list is kept while the API fails."""
+        return self._job_list.get("jobs", self._load_jobs)
+
+    def _load_jobs(self) -> dict[tuple[str, str], Job]:
+        try:
+            listed = self.api.jobs()
+        except OSError as exc:
+            if self._known is None:
+                raise
+            log.warning("DESaccess job list unavailable (%s): keeping the last one", exc)
+            return self._known
+        jobs = {}
+        for job in listed:
+            problem = name_problem(job.job_id) or name_problem(job.job_type)
+            if problem or job.job_type == BY_NAME:
+                log.warning("job %r of type %r skipped: %s", job.job_id, job.job_type, problem or "reserved type")
+                continue
+            jobs[(job.job_type, job.job_id)] = job
+        for key in set(self._known or {}) - set(jobs):
+            self._drop(key)
+        self._known = jobs
+        return jobs
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """A job gone from the list (deleted, expired): its caches go too."""
+        log.info("job %s/%s is gone: dropping its caches", *key)
+        with self._lock:
+            tree = self._trees.pop(key, None)
+            self._sidecars.pop(key, None)
+        if tree:
+            tree.forget("/")
+
+    # -- routing ------------------------------------------------------------
+
+    def _tree(self, key: tuple[str, str], job: Job) -> Tree:
+        with self._lock:
+            tree = self._trees.get(key)
+            if tree is None:
+                url = f"{self.files_url}{self.api.username}/{key[0]}/{key[1]}/"
+                client = Client(url, session=self._session, **self._client_options)
+                self._session = self._session or client.session
+                tree = Tree(client, caches=self.caches, prefix=f"/{key[0]}/{key[1]}",
+                            listings=None if job.finished else self._unfinished_listings)
+                self._trees[key] = tree
+            return tree
+
+    def _route(self, path: str):
+        """('root'|'type'|'by-name'|'link'|'sidecar'|'job', ...) for a mount path."""
+        parts = [p for p in normalize(path).split("/") if p]
+        if not parts:
+            return ("root",)
+        if parts[0] == BY_NAME:
+            if len(parts) == 1:
+                return ("by-name",)
+            if len(parts) == 2 and parts[1] in self._links():
+                return ("link", parts[1])
+            raise NotFound("no such job name", path)
+        jobs = self.jobs()
+        job_type = parts[0]
+        if job_type not in self._types(jobs):
+            raise NotFound("no such job type", path)
+        if len(parts) == 1:
+            return ("type", job_type)
+        job = jobs.get((job_type, parts[1]))
+        if job is not None:
+            return ("job", (job_type, parts[1]), job, "/" + "/".join(parts[2:]))
+        if len(parts) == 2 and parts[1] in self._sidecar_entries(job_type, jobs):
+            return ("sidecar", job_type, parts[1])
+        raise NotFound("no such job", path)
+
+    def _types(self, jobs) -> list[str]:
+        return sorted(set(ALWAYS_SHOWN) | {t for t, _ in jobs})
+
+    # -- the Tree interface -------------------------------------------------
+
+    def lookup(self, path: str) -> Entry:
+        route = self._route(path)
+        kind = route[0]
+        if kind == "root":
+            return self.root
+        if kind in ("type", "by-name"):
+            return Entry(name=normalize(path).rsplit("/", 1)[-1], is_dir=True, size=0, mtime=self.root.mtime)
+        if kind == "link":
+            target = self._links()[route[1]]
+            return Entry(name=route[1], is_dir=False, size=len(target), mtime=self.root.mtime, link=target)
+        if kind == "sidecar":
+            return self._sidecar_entries(route[1], self.jobs())[route[2]]
+        _, key, job, rest = route
+        if rest == "/":
+            return Entry(name=key[1], is_dir=True, size=0, mtime=_job_time(job, self.root.mtime))
+        return self._tree(key, job).lookup(rest)
+
+    def list_dir(self, path: str) -> dict[str, Entry]:
+        route = self._route(path)
+        kind = route[0]
+        if kind == "root":
+            names = self._types(self.jobs()) + [BY_NAME]
+            return {n: Entry(name=n, is_dir=True, size=0, mtime=self.root.mtime) for n in names}
+        if kind == "by-name":
+            return {name: Entry(name=name, is_dir=False, size=len(t), mtime=self.root.mtime, link=t)
+                    for name, t in self._links().items()}
+        if kind == "type":
+            jobs = self.jobs()
+            entries = {job_id: Entry(name=job_id, is_dir=True, size=0, mtime=_job_time(job, self.root.mtime))
+                       for (t, job_id), job in sorted(jobs.items()) if t == route[1]}
+            entries.update(self._sidecar_entries(route[1], jobs))
+            return entries
+        if kind == "job":
+            _, key, job, rest = route
+            return self._tree(key, job).list_dir(rest)
+        raise NotADirectoryError(20, "not a folder", path)
+
+    def read_folder(self, path: str) -> dict[str, Entry]:
+        route = self._route(path)
+        if route[0] == "job":
+            _, key, job, rest = route
+            return self._tree(key, job).read_folder(rest)
+        return self.list_dir(path)
+
+    def open(self, path: str, entry: Entry):
+        tree, inner = self._file_tree(path)
+        return tree.open(inner, entry)
+
+    def read(self, path: str, entry: Entry, offset: int, length: int, stream=None) -> bytes:
+        tree, inner = self._file_tree(path)
+        return tree.read(inner, entry, offset, length, stream)
+
+    def readlink(self, path: str) -> str:
+        route = self._route(path)
+        if route[0] != "link":
+            raise OSError(22, "not a symbolic link", path)
+        return self._links()[route[1]]
+
+    def _file_tree(self, path: str) -> tuple[Tree, str]:
+        route = self._route(path)
+        if route[0] == "job":
+            _, key, job, rest = route
+            return self._tree(key, job), rest
+        if route[0] == "sidecar":
+            return self._type_tree(route[1]), "/" + route[2]
+        raise IsADirectoryError(21, "is a folder", path)
+
+    def _type_tree(self, job_type: str) -> Tree:
+        """A Tree at the (unlistable) job-type folder, to read the sidecar files by range."""
+        key = (job_type, "")
+        with self._lock:
+            tree = self._trees.get(key)
+            if tree is None:
+                client = Client(f"{self.files_url}{self.api.username}/{job_type}/", session=self._session,
+                                **self._client_options)
+                self._session = self._session or client.session
+                tree = self._trees[key] = Tree(client, caches=self.caches, prefix=f"/{job_type}")
+            return tree
+
+    # -- sidecars and links -------------------------------------------------
+
+    def _sidecar_entries(self, job_type: str, jobs) -> dict[str, Entry]:
+        """The .log/.tar.gz files of the jobs of one type that exist (HEAD, at once for all jobs)."""
+        suffixes = SIDECARS.get(job_type, (".log",))
+        wanted = [(key, job) for key, job in jobs.items() if key[0] == job_type]
+        with self._lock:
+            missing = [(key, job) for key, job in wanted if key not in self._sidecars]
+        if missing:
+            tree = self._type_tree(job_type)
+            found = list(self._heads.map(lambda kj: (kj, self._head_sidecars(tree, kj[0][1], suffixes)), missing))
+            with self._lock:
+                for (key, job), entries in found:
+                    if entries is not None and job.finished:  # a running job's log may appear later
+                        self._sidecars[key] = entries
+            extra = {key: entries for (key, _), entries in found}
+        else:
+            extra = {}
+        out: dict[str, Entry] = {}
+        with self._lock:
+            for key, _ in wanted:
+                out.update(self._sidecars.get(key) or extra.get(key) or {})
+        return out
+
+    def _head_sidecars(self, tree: Tree, job_id: str, suffixes) -> dict[str, Entry] | None:
+        entries = {}
+        for suffix in suffixes:
+            name = job_id + suffix
+            try:
+                e = tree.client.stat("/" + name)
+            except NotFound:
+                continue
+            except OSError as exc:
+                log.info("could not check %s: %s", name, exc)
+                return None
+            entries[name] = Entry(name=name, is_dir=False, size=e.size, mtime=e.mtime)
+        return entries
+
+    def _links(self) -> dict[str, str]:
+        """by-name link name → target: job names made safe and unique."""
+        links: dict[str, str] = {}
+        for (job_type, job_id), job in sorted(self.jobs().items(), key=lambda kv: (kv[1].name, kv[0])):
+            name = safe_name(job.name) or job_id
+            if name in links or name == BY_NAME:
+                name = f"{name}-{job_id[:8]}"
+            links[name] = f"../{job_type}/{job_id}"
+        return links
+
+
+def safe_name(name: str) -> str:
+    """A job name as a file name: no '/', NUL or control characters, not '.' or '..', at most 200 bytes."""
+    cleaned = re.sub(r"[\x00-\x1f/\x7f]", "_", name).strip()
+    if cleaned in ("", ".", ".."):
+        return ""
+    while len(cleaned.encode("utf-8", "surrogateescape")) > 200:
+        cleaned = cleaned[:-1]
+    return cleaned
+
+
+def _job_time(job: Job, default: float) -> float:
+    try:
+        return time.mktime(time.strptime(job.time_complete, "%Y-%m-%d %H:%M:%S")) - time.timezone
+    except (ValueError, OverflowError):
+        return default
