@@ -76,7 +76,8 @@ class Api:
 
     def call(self, method: str, endpoint: str, form: dict | None = None) -> dict:
         """An authenticated call; its new_token is kept; one fresh login if the token expired."""
-        for attempt in (0, 1):
+        renewed = False
+        while True:
             with self._lock:
                 token = self._token
             if token is None:
@@ -90,13 +91,14 @@ class Api:
             if status == 200 and body.get("status") == "ok":
                 return body
             message = _message(body)
-            if attempt == 0 and (status in (401, 403) or any(m in message for m in AUTH_ERRORS)):
+            if not renewed and (status in (401, 403) or any(m in message for m in AUTH_ERRORS)):
                 log.info("DESaccess token no longer valid (%s): signing in again", message)
+                renewed = True
                 with self._lock:
-                    self._token = None
+                    if self._token in (token, body.get("new_token")):
+                        self._token = None
                 continue
             raise DesfsError(f"DESaccess {endpoint} failed (HTTP {status}): {message}")
-        raise DesfsError(f"DESaccess {endpoint} failed after signing in again")
 
     def jobs(self) -> list[Job]:
         """The account's jobs (deleted ones are not listed), with times from job/status."""

@@ -50,6 +50,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         if path == PREFIX + "/logout":
             api.logouts += 1
             return self.reply(200, {"status": "ok"})
+        with api.lock:
+            api.auth_seen.append(self.headers.get("Authorization", ""))
         user, problem = api.check(self.headers.get("Authorization", ""))
         if problem:
             return self.reply(200, {"status": "error", "message": problem})
@@ -94,6 +96,7 @@ class FakeApi(ThreadingHTTPServer):
         self.must_change_password: set[str] = set()
         self.tokens: dict[str, tuple[str, float]] = {}
         self.calls: list[tuple[str, str]] = []
+        self.auth_seen: list[str] = []  # the Authorization header of every authenticated call
         self.logins = self.logouts = 0
         self.down = False
         self.lock = threading.Lock()

@@ -189,9 +189,10 @@ def test_token_expiry_during_a_mount_is_renewed(mount, api, files, sample, env):
     m = mount(None, "--jobs-ttl", "1", *account_options(api, files), env=env)
     logins = api.logins
     time.sleep(2.5)  # the token (and every new_token) has expired
-    assert sample.cutout_job in os.listdir(m.path / "cutout")
+    api.jobs[USER].append(job("b" * 32, "cutout", "new after expiry"))
+    assert "b" * 32 in os.listdir(m.path / "cutout")  # the job list was really fetched again
     assert api.logins == logins + 1
-    assert "signing in again" in m.log_text()
+    assert "signing in again" in m.log_text() and "keeping the last one" not in m.log_text()
 
 
 def test_api_failing_later_keeps_the_last_job_list(mount, api, files, sample, env):
