@@ -34,11 +34,12 @@ UNFINISHED_LISTING_TTL = 10.0  # seconds: the files of a running job change
 
 
 class AccountTree:
-    def __init__(self, api: Api, files_url: str, settings: TreeSettings = TreeSettings(), *, jobs_ttl: float = 60.0,
+    def __init__(self, api: Api, files_url: str, settings: TreeSettings | None = None, *, jobs_ttl: float = 60.0,
                  timeout: float = 30.0, retries: int = 3, ca_bundle: str | None = None,
                  connections: int = 24, timer=time.monotonic) -> None:
         self.api = api
         self.files_url = files_url.rstrip("/") + "/"
+        settings = settings or TreeSettings()
         self.caches = Caches(settings, timer)
         self.settings = settings
         self._timer = timer

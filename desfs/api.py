@@ -112,7 +112,7 @@ class Api:
             log.warning("job status unavailable: %s", exc)
         jobs = []
         for j in listed:
-            if not isinstance(j, dict) or not isinstance(j.get("job_id"), str) or not isinstance(j.get("job_type"), str):
+            if not (isinstance(j, dict) and isinstance(j.get("job_id"), str) and isinstance(j.get("job_type"), str)):
                 continue
             d = detail.get(j["job_id"], {})
             jobs.append(Job(job_id=j["job_id"], job_type=j["job_type"], name=str(j.get("job_name") or ""),

@@ -151,6 +151,30 @@ class LoadingCache:
 Fetcher = Callable[[int, int, Callable[[bytes], object]], None]
 
 
+class _BlockSplitter:
+    """Cuts the byte stream of a run of blocks into blocks, handing each to its waiters when complete."""
+
+    def __init__(self, blocks: LoadingCache, key: Hashable, size: int, block_size: int, run: list[int]) -> None:
+        self.blocks, self.key, self.size, self.block_size = blocks, key, size, block_size
+        self.pending = list(run)
+        self._chunks: list[bytes] = []
+        self._have = 0
+
+    def write(self, chunk: bytes) -> None:
+        bs = self.block_size
+        while chunk and self.pending:
+            want = min(self.size, (self.pending[0] + 1) * bs) - self.pending[0] * bs
+            take = min(want - self._have, len(chunk))
+            self._chunks.append(chunk if take == len(chunk) else chunk[:take])
+            chunk = chunk[take:] if take < len(chunk) else b""
+            self._have += take
+            if self._have == want:  # one copy per block, however the bytes arrived
+                block = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._have = 0
+                self.blocks.fulfil((self.key, self.pending.pop(0)), block)
+
+
 class BlockCache:
     """Fixed-size blocks of files, in a LoadingCache bounded in bytes.
 
@@ -211,30 +235,14 @@ class BlockCache:
             else:
                 runs.append([i])
         for n, run in enumerate(runs):
-            pending = list(run)
-            chunks: list[bytes] = []
-            have = 0
-
-            def write(chunk: bytes) -> None:
-                nonlocal have
-                while chunk and pending:
-                    want = min(size, (pending[0] + 1) * bs) - pending[0] * bs
-                    take = min(want - have, len(chunk))
-                    chunks.append(chunk if take == len(chunk) else chunk[:take])
-                    chunk = chunk[take:] if take < len(chunk) else b""
-                    have += take
-                    if have == want:  # one copy per block, however the bytes arrived
-                        block = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                        chunks.clear()
-                        have = 0
-                        self.blocks.fulfil((key, pending.pop(0)), block)
-
+            splitter = _BlockSplitter(self.blocks, key, size, bs, run)
             try:
-                fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), write)
-                if pending:
-                    raise RuntimeError(f"fetch of blocks {run[0]}..{run[-1]} ended {len(pending)} blocks short")
+                fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), splitter.write)
+                if splitter.pending:
+                    short = len(splitter.pending)
+                    raise RuntimeError(f"fetch of blocks {run[0]}..{run[-1]} ended {short} blocks short")
             except BaseException as exc:
-                for i in pending + [i for later in runs[n + 1:] for i in later]:
+                for i in splitter.pending + [i for later in runs[n + 1:] for i in later]:
                     self.blocks.fail((key, i), exc)
                 raise
         return len(claimed)

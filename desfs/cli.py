@@ -60,7 +60,8 @@ def source_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(
-            f"SOURCE must be the URL of a job folder (https://<host>/files-desaccess/<user>/<type>/<job_id>/), got {text!r}"
+            "SOURCE must be the URL of a job folder "
+            f"(https://<host>/files-desaccess/<user>/<type>/<job_id>/), got {text!r}"
         )
     url = text.split("#", 1)[0]
     if url.endswith("/json"):
@@ -94,7 +95,8 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="desfs", description="Mount DESaccess job output as a read-only filesystem, reading only the bytes you need.")
+        prog="desfs",
+        description="Mount DESaccess job output as a read-only filesystem, reading only the bytes you need.")
     parser.add_argument("--version", action="version", version=f"desfs {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="downloads at once (default: 4)")
     g.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="only files matching GLOB (name, or path if it has '/'); repeatable, e.g. '*_r.fits'")
-    g.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB; repeatable")
+    g.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip files matching GLOB; repeatable")
     g.add_argument("-n", "--dry-run", action="store_true", help="list what would be fetched, fetch nothing")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors and the summary")
     g.add_argument("--progress-every", type=positive_float, metavar="SECONDS",

@@ -98,4 +98,4 @@ def table(jobs: list[Job]) -> str:
     rows = [("TYPE", "ID", "NAME", "STATUS", "FINISHED", "EXPIRES")]
     rows += [(j.job_type, j.job_id, j.name, j.status, j.time_complete or "-", j.expires or "-") for j in jobs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -336,7 +336,8 @@ def _is_timeout(exc: BaseException | None) -> bool:
     while exc is not None and seen < 10:
         if isinstance(exc, (TimeoutError, requests.Timeout)) or "timed out" in str(exc).lower():
             return True
-        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        wrapped = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = exc.__cause__ or exc.__context__ or wrapped
         seen += 1
     return False
 

@@ -194,7 +194,7 @@ class DesHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        for h, (a, b) in zip(heads, parts):
+        for h, (a, b) in zip(heads, parts, strict=True):
             self.wfile.write(h)
             self.copy_range(fs_path, a, b)
         self.wfile.write(tail)
@@ -297,7 +297,8 @@ class DesServer(ThreadingHTTPServer):
 
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self._log_lock:
-            self.requests.append((handler.command, unquote(urlsplit(handler.path).path), handler.headers.get("Range", "")))
+            path = unquote(urlsplit(handler.path).path)
+            self.requests.append((handler.command, path, handler.headers.get("Range", "")))
             self.headers_seen.append(dict(handler.headers.items()))
 
     def start(self) -> "DesServer":

@@ -43,7 +43,8 @@ class Caches:
 
     def __init__(self, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
         self.settings, self.timer = settings, timer
-        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size, timer=timer)
+        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size,
+                                     timer=timer)
         self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
         # A window larger than a quarter of the cache would evict its own blocks before they are read.
         self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
@@ -154,7 +155,7 @@ class Tree:
             while level:
                 listed = pool.map(self.list_dir, level) if pool else map(self.list_dir, level)
                 next_level = []
-                for folder, entries in zip(level, listed):
+                for folder, entries in zip(level, listed, strict=True):
                     yield folder, entries
                     next_level.extend(join(folder, e.name) for e in entries.values() if e.is_dir)
                 level = next_level

@@ -74,7 +74,8 @@ def start_nginx(root: str, workdir: Path) -> tuple[Nginx, subprocess.Popen]:
     """nginx configured like the DES file server, serving `root` on a free loopback port."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
-        raise RuntimeError("nginx is not installed: the README's test command installs it (apt-get install nginx-light)")
+        raise RuntimeError("nginx is not installed: the README's test command installs it "
+                           "(apt-get install nginx-light)")
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         port = free_port()

@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import shutil
-import subprocess
 import time
 from pathlib import Path
 

@@ -143,7 +143,7 @@ def test_foreground_mount_and_ctrl_c(tmp_path, server, sample, kill_after):
 
 def test_mount_options_pass_through_and_safe_defaults(mount, server, sample):
     m = mount(sample.url(server.base_url), "-o", "allow_other,noatime")
-    line = next(l for l in open("/proc/self/mounts") if f" {m.path} " in l)
+    line = next(row for row in open("/proc/self/mounts") if f" {m.path} " in row)
     options = line.split()[3].split(",")
     assert {"ro", "nosuid", "nodev", "allow_other", "noatime"} <= set(options), line
     assert line.split()[2] == "fuse.desfs"
@@ -151,7 +151,7 @@ def test_mount_options_pass_through_and_safe_defaults(mount, server, sample):
 
 def test_default_has_no_allow_other(mount, server, sample):
     m = mount(sample.url(server.base_url))
-    line = next(l for l in open("/proc/self/mounts") if f" {m.path} " in l)
+    line = next(row for row in open("/proc/self/mounts") if f" {m.path} " in row)
     assert "allow_other" not in line
 
 
@@ -167,7 +167,8 @@ def test_demo(tmp_path, kill_after):
         assert "_r.fits" in listing and "summary.json" in listing
         from astropy.io import fits
 
-        with fits.open(mnt / "DES0305-3415" / "DESJ030510.9606-341521.6000" / "DESJ030510.9606-341521.6000_i.fits") as h:
+        obj = "DESJ030510.9606-341521.6000"
+        with fits.open(mnt / "DES0305-3415" / obj / f"{obj}_i.fits") as h:
             assert h[0].header["BAND"] == "i" and h[0].data.shape == (64, 64)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0

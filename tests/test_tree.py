@@ -89,7 +89,7 @@ def test_a_walk_lists_ahead_without_extra_requests(tree, server, sample, clock):
     while server.count(suffix="/json") < 2 + 2 + 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.count(suffix="/json") >= 6
-    for folder, _ in tree.walk("/"):
+    for _ in tree.walk("/"):
         pass
     on_disk = sum(1 for r, d, f in os.walk(sample.cutout_dir) if not os.path.basename(r).startswith("."))
     assert server.count(suffix="/json") == on_disk  # every folder listed exactly once
