@@ -33,8 +33,19 @@ SIDECARS = {"cutout": (".log", ".tar.gz"), "query": (".log",)}
 UNFINISHED_LISTING_TTL = 10.0  # seconds: the files of a running job change
 
 
+class FixedJobs:
+    """A job list that does not change, in place of the API (the demo's sample account)."""
+
+    def __init__(self, username: str, jobs: list[Job]) -> None:
+        self.username, self._jobs = username, jobs
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)
+
+
 class AccountTree:
-    def __init__(self, api: Api, files_url: str, settings: TreeSettings | None = None, *, jobs_ttl: float = 60.0,
+    def __init__(self, api: Api | FixedJobs, files_url: str, settings: TreeSettings | None = None, *,
+                 jobs_ttl: float = 60.0,
                  timeout: float = 30.0, retries: int = 3, ca_bundle: str | None = None,
                  connections: int = 24, timer=time.monotonic) -> None:
         self.api = api

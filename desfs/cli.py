@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
                                 readahead_max=args.readahead, readahead_workers=args.connections)
         if url is None:
-            tree, source = _account_tree(args, settings)
+            tree, source = getattr(args, "make_tree", _account_tree)(args, settings)
         else:
             client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
                             connections=args.connections + 16)  # readahead workers + FUSE threads
@@ -373,34 +373,41 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from desfs.sample import make_sample
+    from desfs.account import AccountTree, FixedJobs
+    from desfs.api import Job
+    from desfs.sample import MTIME, make_sample
     from desfs.server import DesServer
 
     workdir = tempfile.mkdtemp(prefix="desfs-demo-")
-    made_mountpoint = args.mountpoint is None
     mountpoint = args.mountpoint or os.path.join(workdir, "mnt")
-    if made_mountpoint:
+    if args.mountpoint is None:
         os.mkdir(mountpoint)
     sample = make_sample(os.path.join(workdir, "server"))
     server = DesServer(os.path.join(workdir, "server")).start()
-    url = sample.url(server.base_url)
+    finished = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(MTIME))
+    account = FixedJobs(sample.user, [Job(job_id, job_type, name, "success", finished)
+                                      for job_type, job_id, name in sample.jobs])
+    mount_args = build_parser().parse_args(["mount", "--foreground", mountpoint])  # the mount's defaults
+    mount_args.mountpoint, mount_args.source, mount_args.debug = mountpoint, None, args.debug
 
     def tell() -> None:
-        mp = mountpoint
-        print(f"desfs demo: a sample cutout job is mounted on {mp}\n"
-              f"  served by a local DES-like file server at {url}\n"
+        mp, cut, obj = mountpoint, f"{mountpoint}/cutout/{sample.cutout_job}", "DESJ030510.9606-341521.6000"
+        print(f"desfs demo: a sample DESaccess account is mounted on {mp}\n"
+              f"  (a cutout job and a query job, served by a local DES-like file server at {server.base_url})\n"
               f"Try, in another terminal:\n"
               f"  ls -lR {mp}\n"
-              f"  cat {mp}/positions_{sample.cutout_job}.csv\n"
-              f"  python3 -c \"from astropy.io import fits; fits.info('{mp}/DES0305-3415/"
-              f"DESJ030510.9606-341521.6000/DESJ030510.9606-341521.6000_r.fits')\"\n"
-              f"  desfs mount {sample.url(server.base_url, 'query')} /some/empty/folder   (the sample query job)\n"
+              f"  ls -l {mp}/by-name\n"
+              f"  cat {cut}/positions_{sample.cutout_job}.csv\n"
+              f"  python3 -c \"from astropy.io import fits; fits.info('{cut}/DES0305-3415/{obj}/{obj}_r.fits')\"\n"
+              f"  desfs ls -l {sample.url(server.base_url, 'query')}\n"
               f"Press Ctrl-C here to unmount and stop.", flush=True)
 
-    mount_args = build_parser().parse_args(["mount", "--foreground", url, mountpoint])  # the mount's defaults
-    mount_args.debug, mount_args.on_ready = args.debug, tell
+    def demo_account(_args, settings):
+        return AccountTree(account, server.base_url, settings), f"demo@{server.base_url}"
+
+    mount_args.on_ready, mount_args.make_tree = tell, demo_account
     try:
-        return _serve(mount_args, url, ready_fd=None)
+        return _serve(mount_args, None, ready_fd=None)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -44,6 +44,11 @@ class Sample:
     def query_dir(self) -> str:
         return os.path.join(self.root, "files-desaccess", self.user, "query", self.query_job)
 
+    @property
+    def jobs(self) -> list[tuple[str, str, str]]:
+        """(type, job id, job name) of the sample's jobs."""
+        return [("cutout", self.cutout_job, "sample cutouts"), ("query", self.query_job, "sample gold query")]
+
     def url(self, base_url: str, job_type: str = "cutout") -> str:
         """The job folder's URL on a server whose files root is `base_url` (…/files-desaccess/)."""
         job = self.cutout_job if job_type == "cutout" else self.query_job

@@ -156,6 +156,8 @@ def test_default_has_no_allow_other(mount, server, sample):
 
 
 def test_demo(tmp_path, kill_after):
+    from desfs.sample import CUTOUT_JOB, QUERY_JOB
+
     mnt = tmp_path / "demo"
     mnt.mkdir()
     proc = subprocess.Popen([*DESFS, "demo", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -164,15 +166,20 @@ def test_demo(tmp_path, kill_after):
         first = proc.stdout.readline()
         assert "mounted on" in first, first + proc.stderr.read()
         listing = subprocess.run(["ls", "-lR", str(mnt)], capture_output=True, text=True, check=True).stdout
-        assert "_r.fits" in listing and "summary.json" in listing
+        assert "_r.fits" in listing and "summary.json" in listing and "results.fits" in listing
+        assert sorted(os.listdir(mnt / "cutout")) == sorted([CUTOUT_JOB, f"{CUTOUT_JOB}.log", f"{CUTOUT_JOB}.tar.gz"])
+        assert os.readlink(mnt / "by-name" / "sample gold query") == f"../query/{QUERY_JOB}"
         from astropy.io import fits
 
         obj = "DESJ030510.9606-341521.6000"
-        with fits.open(mnt / "DES0305-3415" / obj / f"{obj}_i.fits") as h:
+        with fits.open(mnt / "cutout" / CUTOUT_JOB / "DES0305-3415" / obj / f"{obj}_i.fits") as h:
             assert h[0].header["BAND"] == "i" and h[0].data.shape == (64, 64)
+        with fits.open(mnt / "by-name" / "sample gold query" / "results.fits") as h:
+            assert len(h[1].data) == 2000
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
         assert not find_mount(str(mnt))
+        assert "Traceback" not in proc.stderr.read()
     finally:
         if find_mount(str(mnt)):
             lazy_unmount(str(mnt))
