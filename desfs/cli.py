@@ -392,6 +392,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def tell() -> None:
         mp, cut, obj = mountpoint, f"{mountpoint}/cutout/{sample.cutout_job}", "DESJ030510.9606-341521.6000"
+        here = os.path.join(os.path.dirname(sys.executable), "desfs")
+        prog = "desfs" if shutil.which("desfs") == here or not os.path.exists(here) else here
         print(f"desfs demo: a sample DESaccess account is mounted on {mp}\n"
               f"  (a cutout job and a query job, served by a local DES-like file server at {server.base_url})\n"
               f"Try, in another terminal:\n"
@@ -399,7 +401,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"  ls -l {mp}/by-name\n"
               f"  cat {cut}/positions_{sample.cutout_job}.csv\n"
               f"  python3 -c \"from astropy.io import fits; fits.info('{cut}/DES0305-3415/{obj}/{obj}_r.fits')\"\n"
-              f"  desfs ls -l {sample.url(server.base_url, 'query')}\n"
+              f"  {prog} ls -l {sample.url(server.base_url, 'query')}\n"
               f"Press Ctrl-C here to unmount and stop.", flush=True)
 
     def demo_account(_args, settings):
