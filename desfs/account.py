@@ -195,9 +195,9 @@ class AccountTree:
         tree, inner = self._file_tree(path)
         return tree.open(inner, entry)
 
-    def read(self, path: str, entry: Entry, offset: int, length: int, stream=None) -> bytes:
+    def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
         tree, inner = self._file_tree(path)
-        return tree.read(inner, entry, offset, length, stream)
+        return tree.read(inner, entry, offset, length)
 
     def readlink(self, path: str) -> str:
         route = self._route(path)

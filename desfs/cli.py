@@ -225,7 +225,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _mount_options(args: argparse.Namespace, source: str) -> dict:
-    options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs",
+    # auto_cache: libfuse keeps the kernel's page cache across opens while size and mtime are unchanged
+    options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs", "auto_cache": True,
                      "fsname": "desfs:" + source.replace(",", "%2C")}
     for group in args.options:
         for opt in filter(None, group.split(",")):

@@ -16,13 +16,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fuse import FUSE, FuseOSError, Operations
 
 from desfs.listing import Entry
-from desfs.readahead import ReadStream
-from desfs.tree import Tree  # or an AccountTree: the same interface
+from desfs.tree import OpenFile, Tree  # or an AccountTree: the same interface
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +52,6 @@ def _errno(method: Callable) -> Callable:
     return wrapper
 
 
-@dataclass(frozen=True)
-class Handle:
-    path: str
-    entry: Entry  # the version this open file reads, whatever the server does meanwhile
-    stream: ReadStream
 
 
 class DesfsOperations(Operations):
@@ -66,7 +59,9 @@ class DesfsOperations(Operations):
 
     Writes, creates, renames, chmod and the rest are not defined here: fusepy's
     Operations base answers EROFS to them (and the mount is `ro`). Opening for
-    writing answers EROFS too.
+    writing answers EROFS too. An open file reads the version it was opened on,
+    whatever the server does meanwhile; the kernel's page cache is kept across
+    opens while size and mtime stay the same (the `auto_cache` mount option).
     """
 
     use_ns = True
@@ -75,8 +70,7 @@ class DesfsOperations(Operations):
         self.tree = tree
         self.uid, self.gid = os.getuid(), os.getgid()
         self._on_ready = on_ready
-        self._handles: dict[int, Handle] = {}
-        self._opened_versions: dict[str, tuple] = {}
+        self._files: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -103,27 +97,24 @@ class DesfsOperations(Operations):
         entry = self.tree.lookup(path)
         if entry.is_dir:
             raise FuseOSError(errno.EISDIR)
+        opened = self.tree.open(path, entry)
         with self._lock:
             fh = next(self._next_fh)
-            self._handles[fh] = Handle(path, entry, self.tree.open(path, entry))
-            # Keep the kernel's page cache while the version is the one last opened.
-            previous = self._opened_versions.get(path)
-            fi.keep_cache = int(previous is None or previous == entry.version)
-            self._opened_versions[path] = entry.version
+            self._files[fh] = opened
         fi.fh = fh
         return 0
 
     @_errno
     def read(self, path, size, offset, fi):
-        handle = self._handles.get(fi.fh)
-        if handle is None:
+        opened = self._files.get(fi.fh)
+        if opened is None:
             raise FuseOSError(errno.EBADF)
-        return self.tree.read(handle.path, handle.entry, offset, size, handle.stream)
+        return opened.read(offset, size)
 
     @_errno
     def release(self, path, fi):
         with self._lock:
-            self._handles.pop(fi.fh, None)
+            self._files.pop(fi.fh, None)
         return 0
 
     @_errno

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
@@ -165,20 +166,26 @@ class Tree:
 
     # -- files --------------------------------------------------------------
 
-    def open(self, path: str, entry: Entry) -> ReadStream:
-        """A stream for reading version `entry` of the file at `path`, with readahead."""
+    def open(self, path: str, entry: Entry) -> "OpenFile":
+        """Version `entry` of the file at `path`, opened for reading with readahead."""
         path = normalize(path)
-        return ReadStream(self.blocks, self.prefetcher, (self._key(path), entry.size, entry.mtime), entry.size,
-                          self._fetcher(path, entry), self.settings.readahead_min, self.readahead_max)
+        stream = ReadStream(self.blocks, self.prefetcher, (self._key(path), entry.size, entry.mtime), entry.size,
+                            self._fetcher(path, entry), self.settings.readahead_min, self.readahead_max)
+        return OpenFile(self, path, stream)
 
-    def read(self, path: str, entry: Entry, offset: int, length: int, stream: ReadStream | None = None) -> bytes:
+    def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of version `entry` of the file at `path`, clipped to its end."""
         path = normalize(path)
-        try:
-            if stream is not None:
-                return stream.read(offset, length)
+        with self.dropping_on_change(path):
             key = (self._key(path), entry.size, entry.mtime)
             return self.blocks.read(key, entry.size, offset, length, self._fetcher(path, entry))
+
+    @contextmanager
+    def dropping_on_change(self, path: str):
+        """A file that changed drops its folder's listing (the next open sees the new version);
+        one that vanished drops everything cached under it."""
+        try:
+            yield
         except Stale:
             self.forget_listing(path.rpartition("/")[0] or "/")
             raise
@@ -209,6 +216,17 @@ class Tree:
         blocks = self.blocks.discard_file(lambda key: below(key[0]))
         if listings or blocks:
             log.info("dropped %d listings and %d blocks under %s", listings, blocks, key)
+
+
+class OpenFile:
+    """One open file: its reads go through its own ReadStream (readahead state) and Tree."""
+
+    def __init__(self, tree: Tree, path: str, stream: ReadStream) -> None:
+        self.tree, self.path, self.stream = tree, path, stream
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.tree.dropping_on_change(self.path):
+            return self.stream.read(offset, length)
 
 
 def normalize(path: str) -> str:

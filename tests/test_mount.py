@@ -215,3 +215,12 @@ def test_stopped_nginx_gives_eio_within_the_timeout(mount, sample, tmp_path):
         assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
     finally:
         stop_nginx(proc)
+
+
+def test_reread_of_an_unchanged_file_is_served_by_the_page_cache(mount, nginx, sample):
+    m = mount(sample.url(nginx.base_url), "--cache-size", "4M", name="small-cache")  # smaller than big.bin
+    data = source_files(sample.cutout_dir)["big.bin"]
+    assert (m.path / "big.bin").read_bytes() == open(data, "rb").read()
+    mark = nginx.mark()
+    assert (m.path / "big.bin").read_bytes() == open(data, "rb").read()  # a new open, same version
+    assert [r for r in nginx.requests_since(mark) if r[1].endswith("big.bin")] == []
