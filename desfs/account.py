@@ -12,6 +12,7 @@ readlink), so the FUSE adapter serves either; knows no FUSE and no HTTP.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import threading
@@ -182,7 +183,7 @@ class AccountTree:
         if kind == "job":
             _, key, job, rest = route
             return self._tree(key, job).list_dir(rest)
-        raise NotADirectoryError(20, "not a folder", path)
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", path)
 
     def read_folder(self, path: str) -> dict[str, Entry]:
         route = self._route(path)
@@ -202,7 +203,7 @@ class AccountTree:
     def readlink(self, path: str) -> str:
         route = self._route(path)
         if route[0] != "link":
-            raise OSError(22, "not a symbolic link", path)
+            raise OSError(errno.EINVAL, "not a symbolic link", path)
         return self._links()[route[1]]
 
     def _file_tree(self, path: str) -> tuple[Tree, str]:
@@ -212,7 +213,7 @@ class AccountTree:
             return self._tree(key, job), rest
         if route[0] == "sidecar":
             return self._type_tree(route[1]), "/" + route[2]
-        raise IsADirectoryError(21, "is a folder", path)
+        raise IsADirectoryError(errno.EISDIR, "is a folder", path)
 
     def _type_tree(self, job_type: str) -> Tree:
         """A Tree at the (unlistable) job-type folder, to read the sidecar files by range."""

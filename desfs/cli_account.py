@@ -8,6 +8,7 @@ through a pipe: never in argv (the process title), the environment or a log.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -59,7 +60,7 @@ def sign_in(args: argparse.Namespace, creds: Credentials | None = None) -> Api:
     try:
         api.login()
     except DesfsError as exc:
-        if exc.errno == 13:  # refused: the message says why
+        if exc.errno == errno.EACCES:  # refused: the message says why
             raise
         raise DesfsError(f"cannot reach the DESaccess API at {api_url}: {exc.strerror}") from None
     return api

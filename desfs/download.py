@@ -10,6 +10,7 @@ continues each part with a Range request.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import logging
@@ -183,7 +184,7 @@ class Downloader:
             try:
                 self.tree.client.fetch(item.remote, have, item.entry.size, item.entry, write)
             except DesfsError as exc:
-                if exc.errno in (2, 116):  # gone or changed: this part can never be completed
+                if exc.errno in (errno.ENOENT, errno.ESTALE):  # gone or changed: this part can never be completed
                     f.close()
                     os.remove(part)
                 raise

@@ -7,6 +7,7 @@ and the download command share it and it is tested without a mount.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,7 +195,7 @@ class Tree:
             raise
 
     def readlink(self, path: str) -> str:
-        raise OSError(22, "not a symbolic link", path)  # listings hold no links
+        raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
 
     def _fetcher(self, path: str, entry: Entry):
         return lambda start, stop, write: self.client.fetch(path, start, stop, entry, write)
