@@ -30,6 +30,17 @@ def test_ttl_expiry_with_fake_timer():
     assert len(loads) == 2
 
 
+def run_threads(target, count: int, gate: threading.Event) -> None:
+    """Start `count` threads on `target`, let them all block on `gate`, then open it and join them."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+
+
 def test_concurrent_misses_make_one_load():
     cache = LoadingCache(100, ttl=60)
     calls = []
@@ -41,13 +52,7 @@ def test_concurrent_misses_make_one_load():
         return "value"
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get("k", slow_load))) for _ in range(16)]
-    for t in threads:
-        t.start()
-    time.sleep(0.2)
-    gate.set()
-    for t in threads:
-        t.join(5)
+    run_threads(lambda: results.append(cache.get("k", slow_load)), 16, gate)
     assert results == ["value"] * 16
     assert len(calls) == 1
 
@@ -70,13 +75,7 @@ def test_failed_load_is_shared_and_not_cached():
         except OSError as exc:
             errors.append(exc.errno)
 
-    threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.2)
-    gate.set()
-    for t in threads:
-        t.join(5)
+    run_threads(reader, 8, gate)
     assert errors == [5] * 8 and len(attempts) == 1
     assert cache.get("k", lambda: "fine") == "fine"
 

@@ -120,6 +120,14 @@ def test_killed_mount_is_cleaned_by_umount(tmp_path, server, sample):
             lazy_unmount(str(mnt))
 
 
+def interrupt_and_check(proc: subprocess.Popen, mnt) -> None:
+    """Ctrl-C a foreground desfs: it must unmount, exit 0 and print no traceback."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert not find_mount(str(mnt))
+    assert "Traceback" not in proc.stderr.read()
+
+
 def test_foreground_mount_and_ctrl_c(tmp_path, server, sample, kill_after):
     mnt = tmp_path / "m"
     mnt.mkdir()
@@ -132,10 +140,7 @@ def test_foreground_mount_and_ctrl_c(tmp_path, server, sample, kill_after):
             time.sleep(0.05)
         assert os.path.ismount(mnt), proc.stderr.read() if proc.poll() is not None else "not mounted"
         assert "summary.json" in os.listdir(mnt)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-        assert not find_mount(str(mnt))
-        assert "Traceback" not in proc.stderr.read()
+        interrupt_and_check(proc, mnt)
     finally:
         if find_mount(str(mnt)):
             lazy_unmount(str(mnt))
@@ -176,10 +181,7 @@ def test_demo(tmp_path, kill_after):
             assert h[0].header["BAND"] == "i" and h[0].data.shape == (64, 64)
         with fits.open(mnt / "by-name" / "sample gold query" / "results.fits") as h:
             assert len(h[1].data) == 2000
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-        assert not find_mount(str(mnt))
-        assert "Traceback" not in proc.stderr.read()
+        interrupt_and_check(proc, mnt)
     finally:
         if find_mount(str(mnt)):
             lazy_unmount(str(mnt))
