@@ -55,7 +55,7 @@ def sign_in(args: argparse.Namespace, creds: Credentials | None = None) -> Api:
     """A signed-in Api; a refused sign-in or an unreachable API is an OSError with one clear line."""
     api_url, _, database = site_urls(args)
     creds = creds or credentials(args)
-    caller = JsonCaller(timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle)
+    caller = JsonCaller(api_url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle)
     api = Api(api_url, creds.username, creds.password, database, caller)
     try:
         api.login()

@@ -72,18 +72,9 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = f"desfs/{__version__}"
-        # Proxies from the environment are read once here; with trust_env requests would also
-        # stat ~/.netrc and re-read the environment on every request (a range read is one).
-        self.session.proxies.update(requests.utils.get_environ_proxies(base_url))
-        self.session.trust_env = False
-        ca_bundle = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        if ca_bundle:
-            self.session.verify = ca_bundle
+        # A session handed in is shared (the jobs of an account mount): used as it is, so that
+        # its connection pool survives; a new one is configured here.
+        self.session = session or _new_session(base_url, connections, ca_bundle)
         self._warned: set[str] = set()
         self._warn_lock = threading.Lock()
 
@@ -228,16 +219,16 @@ class Client:
             log.debug("%s %s %s -> %d", method, url, headers.get("Range", ""), resp.status_code)
             status = resp.status_code
             if status in passthrough:
-                return consume(resp)
-            if status in (404, 410):
+                pass  # the caller reads the answer, whatever its status
+            elif status in (404, 410):
                 raise NotFound("not found on the server (HTTP %d)" % status, url)
-            if status in (401, 403):
+            elif status in (401, 403):
                 raise AccessDenied("access denied by the server (HTTP %d)" % status, url)
-            if status in RETRY_STATUSES:
+            elif status in RETRY_STATUSES:
                 raise _Retryable(f"server answered HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
-            if status == 416:
+            elif status == 416:
                 raise Stale("range not satisfiable: the file is shorter than listed", url)
-            if status >= 300:
+            elif status >= 300:
                 raise ServerError(f"unexpected answer HTTP {status}", url)
             try:
                 result = consume(resp)
@@ -266,6 +257,22 @@ class Client:
         log.warning("%s", message)
 
 
+def _new_session(base_url: str, connections: int, ca_bundle: str | None) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"desfs/{__version__}"
+    # Proxies from the environment are read once here; with trust_env requests would also
+    # stat ~/.netrc and re-read the environment on every request (a range read is one).
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    session.trust_env = False
+    ca_bundle = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if ca_bundle:
+        session.verify = ca_bundle
+    return session
+
+
 class JsonCaller:
     """JSON calls to an API (POST a form or GET), with the Client's timeouts, retries and errors.
 
@@ -275,9 +282,10 @@ class JsonCaller:
     the form or headers (they hold passwords and tokens).
     """
 
-    def __init__(self, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.25,
+    def __init__(self, api_url: str, *, timeout: float = 30.0, retries: int = 3, backoff: float = 0.25,
                  ca_bundle: str | None = None) -> None:
-        self._http = Client("http://api.invalid/", timeout=timeout, retries=retries, backoff=backoff,
+        # on the API's own URL, so that proxy settings (no_proxy) are those of the API host
+        self._http = Client(api_url, timeout=timeout, retries=retries, backoff=backoff,
                             ca_bundle=ca_bundle, connections=4)
 
     def call(self, method: str, url: str, form: dict | None = None, token: str | None = None) -> tuple[int, dict]:

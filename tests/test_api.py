@@ -31,7 +31,7 @@ def fake(sample):
 
 
 def api_for(fake, password=PASSWORD, user="AstroBuff"):
-    return Api(fake.url, user, password, "desdr", JsonCaller(timeout=5, retries=1, backoff=0.01))
+    return Api(fake.url, user, password, "desdr", JsonCaller(fake.url, timeout=5, retries=1, backoff=0.01))
 
 
 def test_login_gives_the_canonical_name_and_each_answer_slides_the_token(fake):
