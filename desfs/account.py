@@ -61,7 +61,8 @@ class AccountTree:
         self._unfinished_listings = LoadingCache(settings.listing_entries, UNFINISHED_LISTING_TTL, timer=timer)
         self._known: dict[tuple[str, str], Job] | None = None
         self._trees: dict[tuple[str, str], Tree] = {}
-        self._sidecars: dict[tuple[str, str], dict[str, Entry]] = {}
+        self._sidecars_finished = LoadingCache(1_000_000, ttl=float("inf"), timer=timer)
+        self._sidecars_running = LoadingCache(1_000_000, UNFINISHED_LISTING_TTL, timer=timer)
         self._lock = threading.Lock()
         self._heads = ThreadPoolExecutor(8, thread_name_prefix="desfs-sidecar")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
@@ -101,7 +102,8 @@ class AccountTree:
         log.info("job %s/%s is gone: dropping its caches", *key)
         with self._lock:
             tree = self._trees.pop(key, None)
-            self._sidecars.pop(key, None)
+        for cache in (self._sidecars_finished, self._sidecars_running):
+            cache.discard_where(lambda k: k == key)
         if tree:
             tree.forget("/")
 
@@ -230,28 +232,39 @@ class AccountTree:
     # -- sidecars and links -------------------------------------------------
 
     def _sidecar_entries(self, job_type: str, jobs) -> dict[str, Entry]:
-        """The .log/.tar.gz files of the jobs of one type that exist (HEAD, at once for all jobs)."""
+        """The .log/.tar.gz files of the jobs of one type that exist (HEAD, in parallel for the unknown ones).
+
+        Kept for good once a job has finished; for a running job (whose log may appear
+        later) for as long as its listings."""
         suffixes = SIDECARS.get(job_type, (".log",))
-        wanted = [(key, job) for key, job in jobs.items() if key[0] == job_type]
-        with self._lock:
-            missing = [(key, job) for key, job in wanted if key not in self._sidecars]
+        out: dict[str, Entry] = {}
+        missing = []
+        for key, job in jobs.items():
+            if key[0] == job_type:
+                known = self._sidecar_cache(job).peek(key)
+                if known is None:
+                    missing.append((key, job))
+                else:
+                    out.update(known)
         if missing:
             tree = self._type_tree(job_type)
-            found = list(self._heads.map(lambda kj: (kj, self._head_sidecars(tree, kj[0][1], suffixes)), missing))
-            with self._lock:
-                for (key, job), entries in found:
-                    if entries is not None and job.finished:  # a running job's log may appear later
-                        self._sidecars[key] = entries
-            extra = {key: entries for (key, _), entries in found}
-        else:
-            extra = {}
-        out: dict[str, Entry] = {}
-        with self._lock:
-            for key, _ in wanted:
-                out.update(self._sidecars.get(key) or extra.get(key) or {})
+
+            def load(key_job) -> dict[str, Entry]:
+                key, job = key_job
+                try:
+                    return self._sidecar_cache(job).get(key, lambda: self._head_sidecars(tree, key[1], suffixes))
+                except OSError as exc:  # not cached: tried again next time
+                    log.info("could not check the sidecar files of %s: %s", key[1], exc)
+                    return {}
+
+            for found in self._heads.map(load, missing):
+                out.update(found)
         return out
 
-    def _head_sidecars(self, tree: Tree, job_id: str, suffixes) -> dict[str, Entry] | None:
+    def _sidecar_cache(self, job: Job) -> LoadingCache:
+        return self._sidecars_finished if job.finished else self._sidecars_running
+
+    def _head_sidecars(self, tree: Tree, job_id: str, suffixes) -> dict[str, Entry]:
         entries = {}
         for suffix in suffixes:
             name = job_id + suffix
@@ -259,9 +272,6 @@ class AccountTree:
                 e = tree.client.stat("/" + name)
             except NotFound:
                 continue
-            except OSError as exc:
-                log.info("could not check %s: %s", name, exc)
-                return None
             entries[name] = Entry(name=name, is_dir=False, size=e.size, mtime=e.mtime)
         return entries
 

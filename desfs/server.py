@@ -20,11 +20,13 @@ import re
 import socket
 import sys
 import threading
+from collections import deque
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
 
 PREFIX = "/files-desaccess/"
+REQUEST_LOG_MAX = 100_000
 CHUNK = 256 * 1024
 
 
@@ -270,8 +272,9 @@ class DesServer(ThreadingHTTPServer):
     def __init__(self, root: str, port: int = 0, handler=DesHandler, host: str = "127.0.0.1") -> None:
         super().__init__((host, port), handler)
         self.root = root
-        self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
-        self.headers_seen: list[dict[str, str]] = []  # every request's headers
+        # (method, path, Range header) and headers of the latest requests (bounded: the demo runs for hours)
+        self.requests: deque[tuple[str, str, str]] = deque(maxlen=REQUEST_LOG_MAX)
+        self.headers_seen: deque[dict[str, str]] = deque(maxlen=REQUEST_LOG_MAX)
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._connections: set = set()

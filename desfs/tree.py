@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ class Tree:
         self.prefix = prefix.rstrip("/")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
         self._folders_read: dict[str, float] = {}  # folder → when a program last read it
+        self._walk_lock = threading.Lock()
         self._timer = self.caches.timer
 
     def close(self) -> None:
@@ -115,10 +117,11 @@ class Tree:
         entries = self.list_dir(path)
         now = self._timer()
         parent = path.rpartition("/")[0] or "/"
-        walking = path != "/" and now - self._folders_read.get(parent, -WALK_SECONDS) < WALK_SECONDS
-        self._folders_read[path] = now
-        if len(self._folders_read) > 10_000:
-            self._folders_read = {p: t for p, t in self._folders_read.items() if now - t < WALK_SECONDS}
+        with self._walk_lock:  # FUSE threads read folders at once
+            walking = path != "/" and now - self._folders_read.get(parent, -WALK_SECONDS) < WALK_SECONDS
+            self._folders_read[path] = now
+            if len(self._folders_read) > 10_000:
+                self._folders_read = {p: t for p, t in self._folders_read.items() if now - t < WALK_SECONDS}
         if walking:
             parent_entries = self.listings.peek(self._key(parent)) or {}
             siblings = [join(parent, e.name) for e in parent_entries.values() if e.is_dir]

@@ -19,6 +19,13 @@ from fakeapi import FakeApi
 USER, PASSWORD = "astrobuff", "pa55-w0rd"
 
 
+class Clock:
+    now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
 @pytest.fixture
 def fake(sample):
     jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "same", "job_status": "success",
@@ -98,12 +105,16 @@ def test_safe_names():
 def test_account_tree_routes_without_fuse(fake, server, sample):
     api = api_for(fake)
     api.login()
-    tree = AccountTree(api, server.base_url, TreeSettings(), jobs_ttl=60, timeout=5, retries=1)
+    clock = Clock()
+    tree = AccountTree(api, server.base_url, TreeSettings(), jobs_ttl=600, timeout=5, retries=1, timer=clock)
     try:
         assert list(tree.list_dir("/")) == ["cutout", "query", "by-name"]
         cutout = tree.list_dir("/cutout")
         assert set(cutout) == {sample.cutout_job, f"{sample.cutout_job}.log", f"{sample.cutout_job}.tar.gz", "a" * 32}
         heads = server.count("HEAD")
+        tree.list_dir("/cutout")
+        assert server.count("HEAD") == heads  # within the running job's listing TTL: nothing checked again
+        clock.now += 11
         tree.list_dir("/cutout")
         assert server.count("HEAD") == heads + 2  # the running job's sidecars are checked again; finished ones not
         links = tree.list_dir("/by-name")
