@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
@@ -180,22 +179,20 @@ class Tree:
     def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of version `entry` of the file at `path`, clipped to its end."""
         path = normalize(path)
-        with self.dropping_on_change(path):
+        try:
             key = (self._key(path), entry.size, entry.mtime)
             return self.blocks.read(key, entry.size, offset, length, self._fetcher(path, entry))
+        except (Stale, NotFound) as exc:
+            self.file_failed(path, exc)
+            raise
 
-    @contextmanager
-    def dropping_on_change(self, path: str):
+    def file_failed(self, path: str, exc: OSError) -> None:
         """A file that changed drops its folder's listing (the next open sees the new version);
         one that vanished drops everything cached under it."""
-        try:
-            yield
-        except Stale:
+        if isinstance(exc, Stale):
             self.forget_listing(path.rpartition("/")[0] or "/")
-            raise
-        except NotFound:
+        elif isinstance(exc, NotFound):
             self.forget(path)
-            raise
 
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
@@ -229,8 +226,11 @@ class OpenFile:
         self.tree, self.path, self.stream = tree, path, stream
 
     def read(self, offset: int, length: int) -> bytes:
-        with self.tree.dropping_on_change(self.path):
+        try:
             return self.stream.read(offset, length)
+        except (Stale, NotFound) as exc:  # a plain try: this is every FUSE read's path
+            self.tree.file_failed(self.path, exc)
+            raise
 
 
 def normalize(path: str) -> str:
