@@ -1,12 +1,14 @@
 """Cache layer: the only module that imports cachetools.
 
 Knows keys, sizes and time; knows no HTTP, no paths' meaning, no FUSE. Blocks
-are read through a `fetch(start, stop) -> bytes` function (half-open ranges),
-so every test of this module runs without a server.
+are filled by a streaming `fetch(start, stop, write)` function (half-open
+ranges), so every test of this module runs without a server. Readers get views
+of the cached blocks, so a byte is copied once on its way to the kernel.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -147,32 +149,64 @@ class LoadingCache:
             pass
 
 
-# A fetcher streams bytes [start, stop) of one file into `write`, in order, in chunks of any size.
+# A fetcher streams bytes [start, stop) of one file into `write`, in order, in pieces of any size.
+# The `write` handed to it here also offers `room()` and `filled(n)`, so a fetcher that can
+# read into memory it is given puts the bytes straight into their block.
 Fetcher = Callable[[int, int, Callable[[bytes], object]], None]
 
 
-class _BlockSplitter:
-    """Cuts the byte stream of a run of blocks into blocks, handing each to its waiters when complete."""
+MAPPED_MIN = 256 * 1024
 
-    def __init__(self, blocks: LoadingCache, key: Hashable, size: int, block_size: int, run: list[int]) -> None:
-        self.blocks, self.key, self.size, self.block_size = blocks, key, size, block_size
+
+def new_buffer(n: int) -> bytearray | mmap.mmap:
+    """A writable buffer of `n` bytes for a block.
+
+    A large one is an anonymous memory map: the kernel hands out its pages
+    already zeroed, when they are first written (by the socket read, which runs
+    without the GIL), and takes them back when it is freed. A bytearray would
+    be zero-filled first, one more pass over every byte, under the GIL. Small
+    ones stay bytearrays: a map costs at least a page.
+    """
+    return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if n >= MAPPED_MIN else bytearray(n)
+
+
+class _BlockWriter:
+    """The `write` of a fetch of a run of blocks: fills each block's own buffer in turn and
+    hands it to `done(index, block)` as soon as it is complete."""
+
+    def __init__(self, size: int, block_size: int, run: list[int], done: Callable[[int, bytearray], None]) -> None:
+        self.size, self.block_size, self.done = size, block_size, done
         self.pending = list(run)
-        self._chunks: list[bytes] = []
+        self._block: bytearray | None = None
+        self._view = memoryview(b"")
         self._have = 0
 
-    def write(self, chunk: bytes) -> None:
-        bs = self.block_size
-        while chunk and self.pending:
-            want = min(self.size, (self.pending[0] + 1) * bs) - self.pending[0] * bs
-            take = min(want - self._have, len(chunk))
-            self._chunks.append(chunk if take == len(chunk) else chunk[:take])
-            chunk = chunk[take:] if take < len(chunk) else b""
-            self._have += take
-            if self._have == want:  # one copy per block, however the bytes arrived
-                block = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._have = 0
-                self.blocks.fulfil((self.key, self.pending.pop(0)), block)
+    def room(self) -> memoryview:
+        """Where the next bytes go: the unfilled rest of the current block."""
+        if self._block is None:
+            if not self.pending:
+                raise RuntimeError("fetcher delivered more bytes than the blocks asked for")
+            first = self.pending[0] * self.block_size
+            self._block = new_buffer(min(self.size, first + self.block_size) - first)
+            self._view = memoryview(self._block)
+        return self._view[self._have:]
+
+    def filled(self, n: int) -> None:
+        """`n` more bytes are in; a complete block goes to its waiters."""
+        self._have += n
+        if self._block is not None and self._have == len(self._block):
+            block, self._block, self._have = self._block, None, 0
+            self.done(self.pending.pop(0), block)
+
+    def __call__(self, chunk: bytes) -> None:
+        """Copy a piece in, for fetchers that bring their own buffers."""
+        chunk = memoryview(chunk)
+        while chunk:
+            room = self.room()
+            take = min(len(room), len(chunk))
+            room[:take] = chunk[:take]
+            self.filled(take)
+            chunk = chunk[take:]
 
 
 class BlockCache:
@@ -192,30 +226,34 @@ class BlockCache:
 
     def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
+        return bytes(self.view(key, size, offset, length, fetch))
+
+    def view(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> memoryview:
+        """Like `read`, without copying when the range lies in one block: a view of the cached
+        block itself, which nobody may write to. A range across blocks is joined (one copy)."""
         stop = min(size, offset + length)
         if offset >= stop:
-            return b""
+            return memoryview(b"")
         bs = self.block_size
         first, last = offset // bs, (stop - 1) // bs
+        cut, end = offset - first * bs, stop - last * bs
         if first == last:
-            cut = offset - first * bs
-            return self.block(key, size, first, fetch)[cut : cut + stop - offset]
-        parts = [self.block(key, size, i, fetch) for i in range(first, last + 1)]
-        data = b"".join(parts)
-        cut = offset - first * bs
-        return data[cut : cut + stop - offset]
+            return memoryview(self.block(key, size, first, fetch))[cut:end]
+        parts = [memoryview(self.block(key, size, i, fetch)) for i in range(first, last + 1)]
+        parts[0], parts[-1] = parts[0][cut:], parts[-1][:end]
+        return memoryview(bytearray().join(parts))
 
-    def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytes:
+    def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytearray:
         """Block `index` of the file, fetched once however many readers want it."""
         start = index * self.block_size
         stop = min(size, start + self.block_size)
 
-        def load() -> bytes:
-            buf = bytearray()
-            fetch(start, stop, buf.extend)
-            if len(buf) != stop - start:  # the fetcher's contract; never hand out short blocks
-                raise RuntimeError(f"fetch({start}, {stop}) gave {len(buf)} bytes")
-            return bytes(buf)
+        def load() -> bytearray:
+            got: list[bytearray] = []
+            fetch(start, stop, _BlockWriter(size, self.block_size, [index], lambda _i, block: got.append(block)))
+            if not got:  # the fetcher's contract; never hand out short blocks
+                raise RuntimeError(f"fetch({start}, {stop}) ended short of the block")
+            return got[0]
 
         return self.blocks.get((key, index), load)
 
@@ -235,9 +273,9 @@ class BlockCache:
             else:
                 runs.append([i])
         for n, run in enumerate(runs):
-            splitter = _BlockSplitter(self.blocks, key, size, bs, run)
+            splitter = _BlockWriter(size, bs, run, lambda i, block: self.blocks.fulfil((key, i), block))
             try:
-                fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), splitter.write)
+                fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), splitter)
                 if splitter.pending:
                     short = len(splitter.pending)
                     raise RuntimeError(f"fetch of blocks {run[0]}..{run[-1]} ended {short} blocks short")

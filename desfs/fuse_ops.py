@@ -8,6 +8,7 @@ anything else into EINVAL, and an errno of None into ERANGE).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -162,7 +163,29 @@ class DesfsOperations(Operations):
         }
 
 
+# memmove under the GIL: ctypes.memmove lets the GIL go for the copy and must win it back
+# after, which under load means queueing behind the readahead threads for every FUSE read.
+_memmove = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(ctypes._memmove_addr)
+
+
+class _FUSE(FUSE):
+    """fusepy's FUSE, with a read that copies a memoryview (a view of a cached block) straight
+    into the kernel's buffer: fusepy's own read takes only bytes, which would mean one more
+    copy of every byte read."""
+
+    def read(self, path, buf, size, offset, fip):
+        data = self.operations("read", self._decode_optional_path(path), size, offset, fip.contents)
+        n = len(data)
+        if n > size:  # never more than asked for (fusepy asserts the same)
+            raise FuseOSError(errno.EIO)
+        if n:
+            if isinstance(data, memoryview):
+                data = (ctypes.c_char * n).from_buffer(data) if not data.readonly else data.tobytes()
+            _memmove(buf, data, n)
+        return n
+
+
 def run(operations: DesfsOperations, mountpoint: str, options: dict) -> None:
     """Serve the mount in this thread until it is unmounted (or Ctrl-C)."""
     logging.getLogger("fuse").setLevel(logging.INFO)  # fusepy logs a traceback for every ENOENT at DEBUG
-    FUSE(operations, mountpoint, raw_fi=True, foreground=True, **options)
+    _FUSE(operations, mountpoint, raw_fi=True, foreground=True, **options)

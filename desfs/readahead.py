@@ -101,12 +101,13 @@ class ReadStream:
         self._requested = 0  # bytes up to which readahead has been asked for
         self._lock = threading.Lock()
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> memoryview:
+        """Bytes [offset, offset+length), clipped to the end: a view nobody may write to (BlockCache.view)."""
         with self._lock:
             plan = self._plan(offset, length)
         if plan:
             self._submit(*plan)
-        return self.blocks.read(self.key, self.size, offset, length, self.fetch)
+        return self.blocks.view(self.key, self.size, offset, length, self.fetch)
 
     def _plan(self, offset: int, length: int) -> tuple[int, int] | None:
         """Update the window for a read at [offset, offset+length); the byte range to fetch ahead."""

@@ -225,7 +225,8 @@ class OpenFile:
     def __init__(self, tree: Tree, path: str, stream: ReadStream) -> None:
         self.tree, self.path, self.stream = tree, path, stream
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> memoryview:
+        """Bytes [offset, offset+length), clipped to the end, as a read-only-by-contract view."""
         try:
             return self.stream.read(offset, length)
         except (Stale, NotFound) as exc:  # a plain try: this is every FUSE read's path

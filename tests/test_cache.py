@@ -153,3 +153,37 @@ def test_short_fetch_is_an_error_not_short_bytes():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
     with pytest.raises(RuntimeError):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"short"))
+
+
+def test_view_of_one_block_is_the_cached_block_itself():
+    data = make_file(3 * 300_000)
+    cache = BlockCache(max_bytes=1 << 22, block_size=300_000, ttl=60)
+    fetch = CountingFetcher(data)
+    first = cache.view("f", len(data), 1000, 5000, fetch)
+    again = cache.view("f", len(data), 2000, 100, fetch)
+    assert first == data[1000:6000] and again == data[2000:2100]
+    assert first.obj is again.obj  # no copy: both are views of one cached block
+    across = cache.view("f", len(data), 299_000, 302_000, fetch)  # three blocks: joined once
+    assert across == data[299_000:601_000] and not across.readonly
+    assert len(fetch.calls) == 3
+
+
+def test_blocks_of_a_mapped_size_are_memory_maps_and_small_ones_bytearrays():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN
+
+    data = make_file(MAPPED_MIN + 10)
+    cache = BlockCache(max_bytes=1 << 22, block_size=MAPPED_MIN, ttl=60)
+    assert isinstance(cache.view("f", len(data), 0, 1, CountingFetcher(data)).obj, mmap.mmap)
+    assert isinstance(cache.view("f", len(data), MAPPED_MIN, 1, CountingFetcher(data)).obj, bytearray)  # 10-byte tail
+    assert cache.read("f", len(data), MAPPED_MIN - 5, 15, CountingFetcher(data)) == data[MAPPED_MIN - 5:]
+
+
+def test_fetcher_delivering_too_much_is_an_error_and_stores_nothing():
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    with pytest.raises(RuntimeError):
+        cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"x" * 1500))
+    assert not cache.has_block("f", 0)
+    with pytest.raises(RuntimeError):
+        cache.fetch_run("f", 3000, 1, 2, lambda a, b, write: write(b"x" * 1500))
