@@ -125,9 +125,13 @@ class Client:
         self.fetch(path, start, stop, expect, buf.extend)
         return bytes(buf)
 
-    def fetch(self, path: str, start: int, stop: int, expect: Entry, write: Callable[[bytes], object]) -> None:
+    def fetch(self, path: str, start: int, stop: int, expect: Entry, write: Callable[[memoryview], object]) -> None:
         """Stream bytes [start, stop) of version `expect` into `write`, resuming after a retry.
 
+        `write` gets each piece as a memoryview valid only during the call. A
+        `write` that also has `room()` (a writable memoryview for the next
+        bytes, never empty while bytes are due) and `filled(n)` gets the bytes
+        read from the socket straight into its own memory instead.
         Raises Stale when the server holds another version than `expect`
         (If-Range with its mtime, and the size in Content-Range, tell).
         """
@@ -135,6 +139,7 @@ class Client:
             raise ValueError(f"range [{start}, {stop}) outside a file of {expect.size} bytes")
         url = self.url(path)
         done = 0  # bytes already handed to `write`, kept across retries
+        room = getattr(write, "room", None)
 
         def consume(resp: requests.Response) -> None:
             nonlocal done
@@ -152,19 +157,27 @@ class Client:
                 self._warn_once("ignores-range", f"server ignores Range requests ({url}): reading whole bodies")
                 skip = offset
             want = stop - offset
-            raw = resp.raw
+            read_into = _body_reader(resp)
+            scratch = None if room and not skip else memoryview(bytearray(min(CHUNK_BYTES, max(skip, want))))
             while skip:
-                chunk = raw.read(min(skip, CHUNK_BYTES), decode_content=False)
-                if not chunk:
+                n = read_into(scratch[:min(skip, len(scratch))])
+                if not n:
                     raise _Retryable("body ended before the requested range")
-                skip -= len(chunk)
+                skip -= n
             while want:
-                chunk = raw.read(min(want, CHUNK_BYTES), decode_content=False)
-                if not chunk:
+                view = room() if room else scratch
+                if len(view) > want:
+                    view = view[:want]
+                n = read_into(view)
+                if not n:
                     raise _Retryable(f"body cut short ({stop - start - done - want} bytes missing)")
-                write(chunk)
-                done += len(chunk)
-                want -= len(chunk)
+                if room:
+                    write.filled(n)
+                else:
+                    write(view[:n])
+                done += n
+                want -= n
+            _release(resp)
 
         def headers() -> dict[str, str]:
             h = {"Range": _range_header(start + done, stop), "Accept-Encoding": "identity"}
@@ -337,6 +350,35 @@ def _http_time(value: str | None) -> float:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return 0.0
+
+
+def _body_reader(resp: requests.Response) -> Callable[[memoryview], int]:
+    """`readinto` for the body of a streamed answer: bytes go from the socket straight into
+    the caller's buffer (http.client's own readinto), not through urllib3's chunks.
+
+    Ranges are asked for with Accept-Encoding: identity, and their bytes are taken as
+    sent (never decoded), so reading beneath urllib3 sees the same bytes.
+    """
+    raw = resp.raw
+    fp = getattr(raw, "_fp", None)
+    if isinstance(fp, http.client.HTTPResponse):
+        return fp.readinto
+
+    def read_into(view: memoryview) -> int:  # any other transport: urllib3's read, one copy more
+        chunk = raw.read(len(view), decode_content=False)
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+    return read_into
+
+
+def _release(resp: requests.Response) -> None:
+    """Give the connection of a body read to its end back to the pool (urllib3 does this in its
+    own read, which `_body_reader` bypasses); a body left unread closes it instead."""
+    raw = resp.raw
+    fp = getattr(raw, "_fp", None)
+    if isinstance(fp, http.client.HTTPResponse) and fp.isclosed() and hasattr(raw, "release_conn"):
+        raw.release_conn()
 
 
 def _is_timeout(exc: BaseException | None) -> bool:

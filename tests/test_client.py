@@ -175,3 +175,39 @@ def test_unreachable_server_is_eio_quickly():
 def test_head_stat(client, sample):
     e = client.stat("/summary.json")
     assert e.size == os.path.getsize(os.path.join(sample.cutout_dir, "summary.json")) and e.mtime > 0
+
+
+class IntoSink:
+    """A `write` that offers its own memory (room/filled), as the block cache's does."""
+
+    def __init__(self, size, piece=70_000):
+        self.buf, self.have, self.piece = bytearray(size), 0, piece
+
+    def room(self):
+        return memoryview(self.buf)[self.have:self.have + self.piece]
+
+    def filled(self, n):
+        self.have += n
+
+    def __call__(self, chunk):  # never used when room() is there
+        raise AssertionError("fetch copied through write() although the sink offers room()")
+
+
+def test_fetch_reads_straight_into_the_callers_memory_and_resumes(client, server, sample):
+    e = entry_of(client, "/big.bin")
+    data = open(os.path.join(sample.cutout_dir, "big.bin"), "rb").read()
+    sink = IntoSink(1_000_000)
+    server.faults.truncate_count = 2
+    client.fetch("/big.bin", 3000, 1_003_000, e, sink)
+    assert sink.have == 1_000_000 and sink.buf == data[3000:1_003_000]
+
+
+def test_range_reads_keep_one_connection_alive(client, server, sample, monkeypatch):
+    e = entry_of(client, "/big.bin")
+    accepted = []
+    process = server.process_request
+    monkeypatch.setattr(server, "process_request", lambda req, addr: (accepted.append(addr), process(req, addr)))
+    for i in range(4):
+        client.fetch("/big.bin", i * 100_000, (i + 1) * 100_000, e, IntoSink(100_000))
+        client.read_range("/big.bin", i, i + 10, e)
+    assert accepted == []  # the listing's connection serves them all: bodies read beneath urllib3 give it back
