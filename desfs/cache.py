@@ -9,12 +9,32 @@ of the cached blocks, so a byte is copied once on its way to the kernel.
 from __future__ import annotations
 
 import mmap
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import cachetools
+
+
+class _TTLCache(cachetools.TTLCache):
+    """cachetools' TTLCache, telling `on_drop` of each value it evicts or expires."""
+
+    def __init__(self, *args: Any, on_drop: Callable[[Any], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_drop = on_drop
+
+    def expire(self, time: float | None = None) -> list:
+        expired = super().expire(time)
+        for _key, value in expired:
+            self._on_drop(value)
+        return expired
+
+    def popitem(self) -> tuple:
+        key, value = super().popitem()
+        self._on_drop(value)
+        return key, value
 
 
 class _Flight:
@@ -43,8 +63,10 @@ class LoadingCache:
         ttl: float,
         getsizeof: Callable[[Any], int] | None = None,
         timer: Callable[[], float] = time.monotonic,
+        on_drop: Callable[[Any], None] | None = None,
     ) -> None:
-        self._data = cachetools.TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof)
+        self._on_drop = on_drop or (lambda value: None)
+        self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored
@@ -119,8 +141,18 @@ class LoadingCache:
             self._generation += 1
             doomed = [k for k in list(self._data.keys()) if predicate(k)]
             for key in doomed:
-                self._data.pop(key, None)
+                self._on_drop(self._data.pop(key))
             return len(doomed)
+
+    def drop(self, keys: list[Hashable]) -> int:
+        """Let go of these entries, if cached (loads under way are left alone); returns how many."""
+        dropped = 0
+        with self._lock:
+            for key in keys:
+                if key in self._data:
+                    self._on_drop(self._data.pop(key))
+                    dropped += 1
+        return dropped
 
     def clear(self) -> None:
         with self._lock:
@@ -155,27 +187,70 @@ class LoadingCache:
 Fetcher = Callable[[int, int, Callable[[bytes], object]], None]
 
 
-MAPPED_MIN = 256 * 1024
+MAPPED_MIN = 256 * 1024  # blocks this large live in memory maps of their own; smaller ones in bytearrays
 
 
-def new_buffer(n: int) -> bytearray | mmap.mmap:
-    """A writable buffer of `n` bytes for a block.
+class Spares:
+    """Memory for blocks: the maps of blocks the cache let go of, reused for new ones.
 
-    A large one is an anonymous memory map: the kernel hands out its pages
-    already zeroed, when they are first written (by the socket read, which runs
-    without the GIL), and takes them back when it is freed. A bytearray would
-    be zero-filled first, one more pass over every byte, under the GIL. Small
-    ones stay bytearrays: a map costs at least a page.
+    A block of MAPPED_MIN bytes or more gets an anonymous memory map, not a
+    bytearray: a bytearray is zero-filled first, one more pass over every byte,
+    under the GIL. Fresh memory still costs a page fault per 4 KiB when first
+    written (about 0.4 ms per MiB on the benchmark machine, more than the socket
+    read that fills it), so the maps of dropped blocks are kept, up to
+    `max_bytes`, for the next blocks of the same size. A map is reused only when
+    nothing else refers to it any more (no reader's view of it, no waiter
+    holding it): its reference count tells, and no new reference can appear
+    once only this list holds it.
     """
-    return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if n >= MAPPED_MIN else bytearray(n)
+
+    _UNREFERENCED = 3  # during the check: the list, the loop's name, getrefcount's own argument
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.reused = 0
+        self._maps: list[mmap.mmap] = []
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def give(self, buf: Any) -> None:
+        """Keep the memory of a block the cache let go of, for a later one (oldest out when full)."""
+        if not isinstance(buf, mmap.mmap) or len(buf) > self.max_bytes:
+            return
+        with self._lock:
+            while self._maps and self._bytes + len(buf) > self.max_bytes:
+                self._bytes -= len(self._maps.pop(0))
+            self._maps.append(buf)
+            self._bytes += len(buf)
+
+    def take(self, n: int) -> bytearray | mmap.mmap:
+        """A writable buffer of `n` bytes: a spare map nobody holds, or new memory."""
+        if n < MAPPED_MIN:
+            return bytearray(n)
+        with self._lock:
+            maps = self._maps
+            for i in range(len(maps) - 1, -1, -1):
+                buf = maps[i]
+                if len(buf) == n and sys.getrefcount(buf) == self._UNREFERENCED:
+                    del maps[i]
+                    self._bytes -= n
+                    self.reused += 1
+                    return buf
+        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    @property
+    def spare_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
 
 class _BlockWriter:
     """The `write` of a fetch of a run of blocks: fills each block's own buffer in turn and
     hands it to `done(index, block)` as soon as it is complete."""
 
-    def __init__(self, size: int, block_size: int, run: list[int], done: Callable[[int, bytearray], None]) -> None:
-        self.size, self.block_size, self.done = size, block_size, done
+    def __init__(self, size: int, block_size: int, run: list[int], done: Callable[[int, Any], None],
+                 alloc: Callable[[int], Any] = bytearray) -> None:
+        self.size, self.block_size, self.done, self.alloc = size, block_size, done, alloc
         self.pending = list(run)
         self._block: bytearray | None = None
         self._view = memoryview(b"")
@@ -187,7 +262,7 @@ class _BlockWriter:
             if not self.pending:
                 raise RuntimeError("fetcher delivered more bytes than the blocks asked for")
             first = self.pending[0] * self.block_size
-            self._block = new_buffer(min(self.size, first + self.block_size) - first)
+            self._block = self.alloc(min(self.size, first + self.block_size) - first)
             self._view = memoryview(self._block)
         return self._view[self._have:]
 
@@ -196,6 +271,7 @@ class _BlockWriter:
         self._have += n
         if self._block is not None and self._have == len(self._block):
             block, self._block, self._have = self._block, None, 0
+            self._view = memoryview(b"")  # hold no reference to a finished block (Spares count them)
             self.done(self.pending.pop(0), block)
 
     def __call__(self, chunk: bytes) -> None:
@@ -216,13 +292,19 @@ class BlockCache:
     caller puts the file's version in it), so old and new bytes never mix.
     Blocks come from a streaming `Fetcher`; a run of blocks is fetched with one
     call, and each block is handed to its waiters as soon as its bytes are in.
+    The memory of blocks let go of is reused (Spares), within `max_bytes`: the
+    cached blocks and the spares together never hold more.
     """
+
+    SPARES_MAX = 8 * 1024 * 1024
 
     def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic):
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
-        self.blocks = LoadingCache(max_bytes, ttl, getsizeof=len, timer=timer)
+        spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
+        self.spares = Spares(spare)
+        self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give)
 
     def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
@@ -250,7 +332,8 @@ class BlockCache:
 
         def load() -> bytearray:
             got: list[bytearray] = []
-            fetch(start, stop, _BlockWriter(size, self.block_size, [index], lambda _i, block: got.append(block)))
+            fetch(start, stop, _BlockWriter(size, self.block_size, [index], lambda _i, block: got.append(block),
+                                            self.spares.take))
             if not got:  # the fetcher's contract; never hand out short blocks
                 raise RuntimeError(f"fetch({start}, {stop}) ended short of the block")
             return got[0]
@@ -273,7 +356,8 @@ class BlockCache:
             else:
                 runs.append([i])
         for n, run in enumerate(runs):
-            splitter = _BlockWriter(size, bs, run, lambda i, block: self.blocks.fulfil((key, i), block))
+            splitter = _BlockWriter(size, bs, run, lambda i, block: self.blocks.fulfil((key, i), block),
+                                    self.spares.take)
             try:
                 fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), splitter)
                 if splitter.pending:
@@ -284,6 +368,10 @@ class BlockCache:
                     self.blocks.fail((key, i), exc)
                 raise
         return len(claimed)
+
+    def drop_blocks(self, key: Hashable, first: int, last: int) -> int:
+        """Let go of the cached blocks [first, last) of a file (their memory is reused); returns how many."""
+        return self.blocks.drop([(key, i) for i in range(first, last)])
 
     def has_block(self, key: Hashable, index: int) -> bool:
         return (key, index) in self.blocks

@@ -99,15 +99,40 @@ class ReadStream:
         self._start = 0  # where the current sequential run began
         self._high = -1  # end of the furthest read of the current sequential run (-1: none yet)
         self._requested = 0  # bytes up to which readahead has been asked for
+        self._kept = 0  # blocks of the current run below this index have been let go of (a stream's)
         self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset+length), clipped to the end: a view nobody may write to (BlockCache.view)."""
         with self._lock:
             plan = self._plan(offset, length)
+            passed = self._passed()
         if plan:
             self._submit(*plan)
+        if passed:
+            self.blocks.drop_blocks(self.key, *passed)
         return self.blocks.view(self.key, self.size, offset, length, self.fetch)
+
+    def _passed(self) -> tuple[int, int] | None:
+        """Blocks a stream has read and left behind, to let go of: [first, last).
+
+        A sequential run longer than the largest window is a stream (a big file
+        read through): what it has read is in the kernel's page cache, which
+        serves re-reads while the file is unchanged, so keeping it here too
+        would hold every byte twice and push everything else out of the cache.
+        Its blocks more than `2 * min_window` behind its furthest read are let
+        go of, and their memory fills the blocks ahead. Shorter runs (most files,
+        headers, random reads) stay cached.
+        """
+        if not self.max_window or self._high - self._start <= self.max_window:
+            return None
+        bs = self.blocks.block_size
+        first = max(self._kept, -(-self._start // bs))
+        last = (self._high - 2 * self.min_window) // bs
+        if last <= first:
+            return None
+        self._kept = last
+        return first, last
 
     def _plan(self, offset: int, length: int) -> tuple[int, int] | None:
         """Update the window for a read at [offset, offset+length); the byte range to fetch ahead."""
@@ -117,7 +142,7 @@ class ReadStream:
         if self._high >= 0 and self._high - slack <= offset <= self._high + slack:
             self._high = max(self._high, end)
         else:
-            self._start, self._high, self._requested = offset, end, 0
+            self._start, self._high, self._requested, self._kept = offset, end, 0, 0
         run = self._high - self._start
         self.window = 0 if run < 2 * self.min_window else min(self.max_window, max(self.min_window, run))
         if not self.window or self.prefetcher is None:

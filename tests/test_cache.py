@@ -187,3 +187,33 @@ def test_fetcher_delivering_too_much_is_an_error_and_stores_nothing():
     assert not cache.has_block("f", 0)
     with pytest.raises(RuntimeError):
         cache.fetch_run("f", 3000, 1, 2, lambda a, b, write: write(b"x" * 1500))
+
+
+def test_spares_reuse_a_map_only_once_nothing_refers_to_it():
+    from desfs.cache import MAPPED_MIN, Spares
+
+    spares = Spares(4 * MAPPED_MIN)
+    block = spares.take(MAPPED_MIN)
+    first = id(block)
+    view = memoryview(block)[10:20]  # a reader still copying from it
+    spares.give(block)
+    del block
+    other = spares.take(MAPPED_MIN)
+    assert id(other) != first and spares.reused == 0  # held by the view: new memory instead
+    del view
+    again = spares.take(MAPPED_MIN)
+    assert id(again) == first and spares.reused == 1
+    assert isinstance(spares.take(100), bytearray)  # small blocks are never maps
+
+
+def test_evicted_blocks_lend_their_memory_within_the_budget():
+    from desfs.cache import MAPPED_MIN
+
+    data = make_file(40 * MAPPED_MIN)
+    cache = BlockCache(max_bytes=32 * MAPPED_MIN, block_size=MAPPED_MIN, ttl=60)
+    assert cache.blocks.max_size + cache.spares.max_bytes == 32 * MAPPED_MIN
+    for i in range(40):
+        assert cache.read("f", len(data), i * MAPPED_MIN, MAPPED_MIN, CountingFetcher(data)) == \
+            data[i * MAPPED_MIN:(i + 1) * MAPPED_MIN]
+    assert cache.spares.reused > 0
+    assert cache.blocks.current_size + cache.spares.spare_bytes <= 32 * MAPPED_MIN
