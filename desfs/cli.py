@@ -270,13 +270,16 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     except (MountError, UsageError, NoCredentials, ValueError, OSError) as exc:
         report(f"error: {exc}")
         raise
-    ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()))
+    ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()),
+                          mountpoint=mountpoint)
     log.info("mounting %s on %s (pid %d)", source, mountpoint, os.getpid())
     try:
         run(ops, mountpoint, options)
     except RuntimeError as exc:
-        report(f"error: FUSE could not mount {mountpoint} (is /dev/fuse there, is fusermount installed?)")
-        raise MountError(f"FUSE could not mount {mountpoint} ({exc})") from None
+        if not ops.started:
+            report(f"error: FUSE could not mount {mountpoint} (is /dev/fuse there, is fusermount3 installed?)")
+            raise MountError(f"FUSE could not mount {mountpoint} ({exc})") from None
+        log.debug("FUSE loop ended with code %s", exc)  # libfuse 3 ends so after a Ctrl-C or SIGTERM too
     log.info("unmounted %s", mountpoint)
     return 0
 

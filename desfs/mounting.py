@@ -109,7 +109,7 @@ def lazy_unmount(path: str) -> None:
 
 
 def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
-    tool = shutil.which("fusermount") or shutil.which("fusermount3")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
-        raise MountError("fusermount not found: install the 'fuse' package")
+        raise MountError("fusermount3 not found: install the 'fuse3' package")
     return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)

@@ -227,3 +227,16 @@ def test_reread_of_an_unchanged_file_is_served_by_the_page_cache(mount, nginx, s
     # file to be fetched again. Without keeping it, at least 8 MiB would be: only 4 MiB fit the block cache.
     fetched = sum(r[4] for r in nginx.requests_since(mark) if r[1].endswith("big.bin"))
     assert fetched <= BIG_SIZE // 3, fetched
+
+
+def test_kernel_reads_ahead_a_whole_block_on_a_root_mount(job):
+    """libfuse 3 lets the kernel send 1 MiB reads; the mount's readahead (128 KiB unless raised,
+    which only root may) decides whether it does. desfs raises it when it can, before it is ready."""
+    from desfs.fuse_ops import fuse_version_major
+
+    st = os.stat(job.path)
+    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
+        readahead = int(f.read())
+    raised = os.geteuid() == 0 and fuse_version_major >= 3
+    assert readahead == (1024 if raised else 128)
+    assert f"libfuse {fuse_version_major}; kernel readahead {readahead} KiB" in job.log_text()
