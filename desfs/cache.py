@@ -131,6 +131,10 @@ class LoadingCache:
         with self._lock:
             return key in self._data
 
+    def cached_or_loading(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data or key in self._flights
+
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._store(key, value)
@@ -372,6 +376,10 @@ class BlockCache:
     def drop_blocks(self, key: Hashable, first: int, last: int) -> int:
         """Let go of the cached blocks [first, last) of a file (their memory is reused); returns how many."""
         return self.blocks.drop([(key, i) for i in range(first, last)])
+
+    def under_way(self, key: Hashable, index: int) -> bool:
+        """Whether block `index` is cached or being fetched."""
+        return self.blocks.cached_or_loading((key, index))
 
     def has_block(self, key: Hashable, index: int) -> bool:
         return (key, index) in self.blocks

@@ -2,7 +2,8 @@
 
 Works on a BlockCache and a streaming fetcher; knows no HTTP and no FUSE. A
 stream starts with no readahead. Once a run of sequential reads has covered
-twice `min_window` (more than the kernel's own readahead after one read), the
+START_AFTER times `min_window` (more than the kernel reads on its own after one
+read: the read, up to 1 MiB, and one readahead window of up to 1 MiB), the
 window is as large as the run so far (so it doubles as the reader keeps up),
 from `min_window` up to `max_window`, and the bytes in it are fetched as parts
 of several blocks on a small pool of threads. A read far from the run starts a
@@ -23,6 +24,8 @@ from desfs.cache import BlockCache, Fetcher
 
 log = logging.getLogger(__name__)
 
+START_AFTER = 4  # a sequential run gets readahead once it has covered this many min_windows
+
 
 class Prefetcher:
     """A pool of `workers` threads that fetch runs of blocks into a BlockCache.
@@ -32,7 +35,9 @@ class Prefetcher:
     only cost CPU when one stream is already fast (a near server). The rate of a
     fetch that ran alone sets the limit to about `target_rate` / rate, between 1
     and `workers`; fetches that overlapped others are not measured, since on a
-    busy CPU they look slow for want of CPU, not of network.
+    busy CPU they look slow for want of CPU, not of network. A reader that
+    reaches blocks still waiting in the queue (`overtaken`) shows that the
+    fetches allowed are too few for it, whatever their rate: one more is allowed.
     """
 
     def __init__(self, blocks: BlockCache, workers: int, target_rate: float = 200e6) -> None:
@@ -72,6 +77,14 @@ class Prefetcher:
         if fetched and alone:
             self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
 
+    def overtaken(self) -> None:
+        """A reader reached blocks still queued here: allow one more fetch at once."""
+        with self._slots:
+            if self.limit < self.workers:
+                self.limit += 1
+                log.debug("readahead: overtaken by a reader, %d fetches at once", self.limit)
+                self._slots.notify_all()
+
     def _adapt(self, rate: float) -> None:
         wanted = max(1, min(self.workers, math.ceil(self.target_rate / rate)))
         with self._slots:
@@ -105,13 +118,23 @@ class ReadStream:
     def read(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset+length), clipped to the end: a view nobody may write to (BlockCache.view)."""
         with self._lock:
+            behind = self._overtaken(offset)
             plan = self._plan(offset, length)
             passed = self._passed()
+        if behind:
+            self.prefetcher.overtaken()
         if plan:
             self._submit(*plan)
         if passed:
             self.blocks.drop_blocks(self.key, *passed)
         return self.blocks.view(self.key, self.size, offset, length, self.fetch)
+
+    def _overtaken(self, offset: int) -> bool:
+        """Whether this read reached a block readahead asked for but has not begun to fetch:
+        the reader is faster than the fetches allowed at once."""
+        return (self.prefetcher is not None and self.window > 0 and self._high >= 0
+                and self._start <= offset < self._requested
+                and not self.blocks.under_way(self.key, offset // self.blocks.block_size))
 
     def _passed(self) -> tuple[int, int] | None:
         """Blocks a stream has read and left behind, to let go of: [first, last).
@@ -144,7 +167,7 @@ class ReadStream:
         else:
             self._start, self._high, self._requested, self._kept = offset, end, 0, 0
         run = self._high - self._start
-        self.window = 0 if run < 2 * self.min_window else min(self.max_window, max(self.min_window, run))
+        self.window = 0 if run < START_AFTER * self.min_window else min(self.max_window, max(self.min_window, run))
         if not self.window or self.prefetcher is None:
             return None
         target = min(self.size, self._high + self.window)

@@ -173,3 +173,35 @@ def test_a_file_read_through_within_the_window_stays_cached():
         stream.read(off, 128 * KiB)
     pre.close()
     assert len(cached_blocks(stream)) == size // stream.blocks.block_size
+
+
+def test_a_reader_that_overtakes_readahead_gets_more_fetches_at_once():
+    size = 16 * MiB
+    data = random.Random(5).randbytes(size)
+    fetch = Fetcher(data, delay=0.02)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)  # the measured rate alone would never ask for more than 1
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=256 * KiB, max_window=4 * MiB)
+    seen = []
+    out = bytearray()
+    for off in range(0, size, 128 * KiB):
+        out += stream.read(off, 128 * KiB)
+        seen.append(pre.limit)
+    pre.close()
+    assert bytes(out) == data
+    assert max(seen) > 1
+
+
+def test_a_reader_slower_than_readahead_never_overtakes_it():
+    size = 8 * MiB
+    data = random.Random(6).randbytes(size)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)
+    stream = ReadStream(blocks, pre, ("f", size), size, Fetcher(data), min_window=256 * KiB, max_window=4 * MiB)
+    seen = []
+    for off in range(0, size, 128 * KiB):
+        stream.read(off, 128 * KiB)
+        seen.append(pre.limit)
+        time.sleep(0.005)  # ~25 MB/s: the (instant) fetches stay ahead
+    pre.close()
+    assert set(seen) == {1}
