@@ -148,16 +148,6 @@ class LoadingCache:
                 self._on_drop(self._data.pop(key))
             return len(doomed)
 
-    def drop(self, keys: list[Hashable]) -> int:
-        """Let go of these entries, if cached (loads under way are left alone); returns how many."""
-        dropped = 0
-        with self._lock:
-            for key in keys:
-                if key in self._data:
-                    self._on_drop(self._data.pop(key))
-                    dropped += 1
-        return dropped
-
     def clear(self) -> None:
         with self._lock:
             self._generation += 1
@@ -372,10 +362,6 @@ class BlockCache:
                     self.blocks.fail((key, i), exc)
                 raise
         return len(claimed)
-
-    def drop_blocks(self, key: Hashable, first: int, last: int) -> int:
-        """Let go of the cached blocks [first, last) of a file (their memory is reused); returns how many."""
-        return self.blocks.drop([(key, i) for i in range(first, last)])
 
     def under_way(self, key: Hashable, index: int) -> bool:
         """Whether block `index` is cached or being fetched."""

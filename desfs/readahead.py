@@ -45,6 +45,7 @@ class Prefetcher:
         self.workers = max(1, workers)
         self.target_rate = target_rate
         self.limit = 1  # fetches allowed at once; opens up once a lone fetch shows a slow stream
+        self._rated = False  # a lone fetch has been measured
         self._active = 0
         self._started = 0  # fetches begun so far, to tell whether one ran alone
         self._slots = threading.Condition()
@@ -78,9 +79,13 @@ class Prefetcher:
             self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
 
     def overtaken(self) -> None:
-        """A reader reached blocks still queued here: allow one more fetch at once."""
+        """A reader reached blocks still queued here: allow one more fetch at once.
+
+        Only once a lone fetch has given the link's rate: before that, fetches
+        that overlap would never be measured, and a slow link would crawl up one
+        fetch at a time instead of opening at once."""
         with self._slots:
-            if self.limit < self.workers:
+            if self._rated and self.limit < self.workers:
                 self.limit += 1
                 log.debug("readahead: overtaken by a reader, %d fetches at once", self.limit)
                 self._slots.notify_all()
@@ -88,6 +93,7 @@ class Prefetcher:
     def _adapt(self, rate: float) -> None:
         wanted = max(1, min(self.workers, math.ceil(self.target_rate / rate)))
         with self._slots:
+            self._rated = True
             if wanted != self.limit:
                 log.debug("readahead: %.0f MB/s per stream, %d fetches at once", rate / 1e6, wanted)
                 self.limit = wanted
@@ -112,7 +118,6 @@ class ReadStream:
         self._start = 0  # where the current sequential run began
         self._high = -1  # end of the furthest read of the current sequential run (-1: none yet)
         self._requested = 0  # bytes up to which readahead has been asked for
-        self._kept = 0  # blocks of the current run below this index have been let go of (a stream's)
         self._lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> memoryview:
@@ -120,13 +125,10 @@ class ReadStream:
         with self._lock:
             behind = self._overtaken(offset)
             plan = self._plan(offset, length)
-            passed = self._passed()
         if behind:
             self.prefetcher.overtaken()
         if plan:
             self._submit(*plan)
-        if passed:
-            self.blocks.drop_blocks(self.key, *passed)
         return self.blocks.view(self.key, self.size, offset, length, self.fetch)
 
     def _overtaken(self, offset: int) -> bool:
@@ -136,27 +138,6 @@ class ReadStream:
                 and self._start <= offset < self._requested
                 and not self.blocks.under_way(self.key, offset // self.blocks.block_size))
 
-    def _passed(self) -> tuple[int, int] | None:
-        """Blocks a stream has read and left behind, to let go of: [first, last).
-
-        A sequential run longer than the largest window is a stream (a big file
-        read through): what it has read is in the kernel's page cache, which
-        serves re-reads while the file is unchanged, so keeping it here too
-        would hold every byte twice and push everything else out of the cache.
-        Its blocks more than `2 * min_window` behind its furthest read are let
-        go of, and their memory fills the blocks ahead. Shorter runs (most files,
-        headers, random reads) stay cached.
-        """
-        if not self.max_window or self._high - self._start <= self.max_window:
-            return None
-        bs = self.blocks.block_size
-        first = max(self._kept, -(-self._start // bs))
-        last = (self._high - 2 * self.min_window) // bs
-        if last <= first:
-            return None
-        self._kept = last
-        return first, last
-
     def _plan(self, offset: int, length: int) -> tuple[int, int] | None:
         """Update the window for a read at [offset, offset+length); the byte range to fetch ahead."""
         bs = self.blocks.block_size
@@ -165,7 +146,7 @@ class ReadStream:
         if self._high >= 0 and self._high - slack <= offset <= self._high + slack:
             self._high = max(self._high, end)
         else:
-            self._start, self._high, self._requested, self._kept = offset, end, 0, 0
+            self._start, self._high, self._requested = offset, end, 0
         run = self._high - self._start
         self.window = 0 if run < START_AFTER * self.min_window else min(self.max_window, max(self.min_window, run))
         if not self.window or self.prefetcher is None:
