@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=40, help="far server: delay each way (default 40)")
     p.add_argument("--rate-mb", type=float, default=16, help="far server: MB/s per connection (default 16)")
     p.add_argument("--many", type=int, default=5000, help="files in the big folder (default 5000)")
-    p.add_argument("--repeats", type=int, default=5, help="runs of the sequential read, median reported (default 5)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="loopback: runs of the sequential read, median reported (default 9: curl's own speed varies)")
+    p.add_argument("--far-repeats", type=int, default=3, help="far server: runs of the sequential read (default 3)")
     p.add_argument("--out", default="bench-results.json")
     args = p.parse_args(argv)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
@@ -254,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"bench: writing data under {work} ...", flush=True)
         job, user = build_data(work / "root", args.size_mib, args.many)
+        os.sync()  # the data just written goes to disk now, not during the first measurements
         nginx, nginx_proc = start_nginx(str(work / "root"), work / "nginx")
         proxy = LatencyProxy(nginx.port, args.delay_ms / 1000, args.rate_mb * 1e6).start()
         sites = [("loopback", nginx.base_url),
                  (f"far ({2 * args.delay_ms:.0f} ms RTT, {args.rate_mb:g} MB/s per connection)",
                   f"http://127.0.0.1:{proxy.port}/files-desaccess/")]
         size = args.size_mib * MiB
-        results = [measure(name, base, job, user, work, nginx, size, args.repeats) for name, base in sites]
+        results = [measure(name, base, job, user, work, nginx, size, runs)
+                   for (name, base), runs in zip(sites, (args.repeats, args.far_repeats), strict=True)]
     finally:
         if proxy:
             proxy.stop()
