@@ -273,15 +273,35 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()),
                           mountpoint=mountpoint)
     log.info("mounting %s on %s (pid %d)", source, mountpoint, os.getpid())
+    log_file = getattr(args, "log_file", None)
+    logged = os.path.getsize(log_file) if log_file and os.path.exists(log_file) else 0
     try:
         run(ops, mountpoint, options)
     except RuntimeError as exc:
         if not ops.started:
-            report(f"error: FUSE could not mount {mountpoint} (is /dev/fuse there, is fusermount3 installed?)")
-            raise MountError(f"FUSE could not mount {mountpoint} ({exc})") from None
+            said = _libfuse_complaint(log_file, logged)
+            why = f": {said}" if said else " (is /dev/fuse there, is fusermount3 installed?)"
+            report(f"error: FUSE could not mount {mountpoint}{why}")
+            raise MountError(f"FUSE could not mount {mountpoint}{why} ({exc})") from None
         log.debug("FUSE loop ended with code %s", exc)  # libfuse 3 ends so after a Ctrl-C or SIGTERM too
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _libfuse_complaint(log_file: str | None, since: int) -> str | None:
+    """The last thing libfuse (or fusermount3) wrote to the log after `since` bytes: why a mount
+    failed, e.g. "fuse: unknown option(s): `-o nonempty'". libfuse writes to stderr, which a
+    background mount sends to its log file."""
+    if not log_file:
+        return None
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(since)
+            tail = f.read(64 * 1024).decode(errors="replace")
+    except OSError:
+        return None
+    said = [line.strip() for line in tail.splitlines() if line.startswith(("fuse:", "fusermount"))]
+    return said[-1] if said else None
 
 
 def _account_tree(args: argparse.Namespace, settings):

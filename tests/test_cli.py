@@ -156,6 +156,15 @@ def test_mount_options_pass_through_and_safe_defaults(mount, server, sample):
     assert line.split()[2] == "fuse.desfs"
 
 
+def test_unknown_fuse_option_says_what_libfuse_said(server, sample, tmp_path):
+    (tmp_path / "m").mkdir()
+    r = run_desfs("mount", sample.url(server.base_url), str(tmp_path / "m"), "-o", "no_such_option",
+                  "--log-file", str(tmp_path / "m.log"))
+    assert r.returncode == 1 and not find_mount(str(tmp_path / "m"))
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown option" in lines[0] and "no_such_option" in lines[0], r.stderr
+
+
 def test_default_has_no_allow_other(mount, server, sample):
     m = mount(sample.url(server.base_url))
     line = next(row for row in open("/proc/self/mounts") if f" {m.path} " in row)
