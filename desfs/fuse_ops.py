@@ -67,9 +67,10 @@ class DesfsOperations(Operations):
 
     Writes, creates, renames, chmod and the rest are not defined here, so
     libfuse never offers them, and the mount is `ro`: the kernel answers EROFS
-    to them itself. Opening for writing answers EROFS too. An open file reads the version it was opened on,
-    whatever the server does meanwhile; the kernel's page cache is kept across
-    opens while size and mtime stay the same (the `auto_cache` mount option).
+    to them itself. Opening for writing answers EROFS too. An open file reads
+    the version it was opened on, whatever the server does meanwhile; the
+    kernel's page cache is kept across opens while size and mtime stay the same
+    (the `auto_cache` mount option).
     """
 
     use_ns = True
@@ -217,7 +218,10 @@ def raise_kernel_readahead(mountpoint: str) -> int | None:
     which sets the readahead too: the stat here waits for that. Returns the
     readahead now in effect (KiB), or None when it cannot be read.
     """
-    st = os.stat(mountpoint)
+    try:
+        st = os.stat(mountpoint)
+    except OSError:
+        return None
     entry = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
     try:
         with open(entry, "r+") as f:
