@@ -91,11 +91,13 @@ class DesfsOperations(Operations):
         threading.Thread(target=self._mounted, name="desfs-mounted", daemon=True).start()
 
     def _mounted(self) -> None:
-        if self.mountpoint:
-            readahead = raise_kernel_readahead(self.mountpoint)
-            log.info("serving through libfuse %d; kernel readahead %s KiB", fuse_version_major, readahead or "?")
-        if self._on_ready:
-            self._on_ready()
+        try:
+            if self.mountpoint:
+                readahead = raise_kernel_readahead(self.mountpoint)
+                log.info("serving through libfuse %d; kernel readahead %s KiB", fuse_version_major, readahead or "?")
+        finally:
+            if self._on_ready:
+                self._on_ready()
 
     def destroy(self, path):
         self.tree.close()
