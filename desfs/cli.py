@@ -320,33 +320,41 @@ def _account_tree(args: argparse.Namespace, settings):
     return tree, f"{api.username}@{files_url}"
 
 
+def child_argv(args: argparse.Namespace, url: str | None, mountpoint: str, log_file: str, ready_fd: int,
+               credentials_fd: int | None) -> list[str]:
+    """The command line of the process that serves a background mount: this one's options, in the
+    foreground, reporting on `ready_fd` (and reading the password from `credentials_fd`)."""
+    argv = (["--debug"] if args.debug else []) + [
+        "mount", "--foreground", "--ready-fd", str(ready_fd), "--log-file", log_file,
+        "--timeout", repr(args.timeout), "--retries", str(args.retries),
+        "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
+        "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
+        "--connections", str(args.connections)]
+    for group in args.options:
+        argv += ["-o", group]
+    if args.ca_bundle:
+        argv += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
+    if url is not None:
+        return argv + [url, mountpoint]
+    argv += ["--credentials-fd", str(credentials_fd), "--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
+    for option in ("api_url", "files_url", "database"):
+        if getattr(args, option):
+            argv += ["--" + option.replace("_", "-"), getattr(args, option)]
+    return argv + [mountpoint]
+
+
 def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
     mountpoint = check_mountpoint(args.mountpoint)  # fail fast, before a child exists
     creds = credentials(args) if url is None else None  # may prompt: the terminal is here, not in the child
     log_file = os.path.abspath(os.path.expanduser(args.log_file or "~/.cache/desfs/mount.log"))
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     read_end, write_end = os.pipe()
-    child = [sys.executable, "-m", "desfs"] + (["--debug"] if args.debug else []) + [
-        "mount", "--foreground", "--ready-fd", str(write_end), "--log-file", log_file,
-        "--timeout", repr(args.timeout), "--retries", str(args.retries),
-        "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
-        "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
-        "--connections", str(args.connections)]
-    for group in args.options:
-        child += ["-o", group]
-    if args.ca_bundle:
-        child += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
     pass_fds = [write_end]
+    cred_read = cred_write = None
     if creds is not None:
         cred_read, cred_write = os.pipe()
         pass_fds.append(cred_read)
-        child += ["--credentials-fd", str(cred_read), "--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
-        for option in ("api_url", "files_url", "database"):
-            if getattr(args, option):
-                child += ["--" + option.replace("_", "-"), getattr(args, option)]
-        child += [mountpoint]
-    else:
-        child += [url, mountpoint]
+    child = [sys.executable, "-m", "desfs", *child_argv(args, url, mountpoint, log_file, write_end, cred_read)]
     env = {k: v for k, v in os.environ.items() if k != "DESACCESS_PASSWORD"}  # it has it through the pipe
     with open(log_file, "ab") as logf:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",

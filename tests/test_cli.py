@@ -246,3 +246,30 @@ def test_stalled_server_gives_etimedout(mount, server, sample):
         open(m.path / "summary.json", "rb").read()
     assert info.value.errno == errno.ETIMEDOUT
     assert time.monotonic() - started < 5
+
+
+# What a background mount hands its serving process: every option of `desfs mount` is either
+# forwarded as it is, or deliberately replaced. A new option must be put in one of the two.
+FORWARDED = {"debug", "timeout", "retries", "cache_size", "block_size", "listing_ttl", "readahead", "connections",
+             "options", "ca_bundle", "site", "jobs_ttl", "api_url", "files_url", "database", "mountpoint"}
+REPLACED = {"command", "foreground", "ready_fd", "log_file", "credentials_fd",
+            "user", "source"}  # the user and password go through a pipe; a source is resolved to its URL
+
+
+@pytest.mark.parametrize("source", [None, "https://files.example/files-desaccess/u/cutout/j/"])
+def test_background_mount_forwards_every_option(source):
+    from desfs.cli import build_parser, child_argv
+
+    given = ["mount", "--debug", "--timeout", "7.5", "--retries", "5", "--cache-size", "64M", "--block-size", "512K",
+             "--listing-ttl", "9", "--readahead", "8M", "--connections", "3", "-o", "allow_other", "-o", "noatime",
+             "--ca-bundle", "/etc/ssl/ca.pem", "--site", "collab", "--jobs-ttl", "11", "--user", "someone",
+             "--api-url", "https://api.example/", "--files-url", "https://files.example/", "--database", "desdr",
+             *([source] if source else []), "/mnt/des"]
+    parser = build_parser()
+    args = parser.parse_args(given)
+    assert set(vars(args)) == FORWARDED | REPLACED
+    child = parser.parse_args(child_argv(args, source, "/mnt/des", "/var/log/desfs.log", 5, None if source else 6))
+    same = FORWARDED - ({"site", "jobs_ttl", "api_url", "files_url", "database"} if source else set())
+    assert {k: getattr(child, k) for k in same} == {k: getattr(args, k) for k in same}
+    assert child.foreground and child.ready_fd == 5 and child.log_file == "/var/log/desfs.log"
+    assert child.credentials_fd == (None if source else 6) and child.user is None
