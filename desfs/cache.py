@@ -131,10 +131,6 @@ class LoadingCache:
         with self._lock:
             return key in self._data
 
-    def cached_or_loading(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._data or key in self._flights
-
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._store(key, value)
@@ -362,10 +358,6 @@ class BlockCache:
                     self.blocks.fail((key, i), exc)
                 raise
         return len(claimed)
-
-    def under_way(self, key: Hashable, index: int) -> bool:
-        """Whether block `index` is cached or being fetched."""
-        return self.blocks.cached_or_loading((key, index))
 
     def has_block(self, key: Hashable, index: int) -> bool:
         return (key, index) in self.blocks

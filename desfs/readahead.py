@@ -123,20 +123,18 @@ class ReadStream:
     def read(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset+length), clipped to the end: a view nobody may write to (BlockCache.view)."""
         with self._lock:
-            behind = self._overtaken(offset)
+            asked = self.window > 0 and self._start <= offset < self._requested  # readahead has asked for it
             plan = self._plan(offset, length)
-        if behind:
-            self.prefetcher.overtaken()
         if plan:
             self._submit(*plan)
-        return self.blocks.view(self.key, self.size, offset, length, self.fetch)
+        return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self.fetch)
 
-    def _overtaken(self, offset: int) -> bool:
-        """Whether this read reached a block readahead asked for but has not begun to fetch:
-        the reader is faster than the fetches allowed at once."""
-        return (self.prefetcher is not None and self.window > 0 and self._high >= 0
-                and self._start <= offset < self._requested
-                and not self.blocks.under_way(self.key, offset // self.blocks.block_size))
+    def _overtaking(self, start: int, stop: int, write) -> None:
+        """The fetch of a block this reader needs now, although readahead asked for it: it is
+        neither cached nor under way (else the cache would not fetch it), so the reader is faster
+        than the fetches allowed at once."""
+        self.prefetcher.overtaken()
+        self.fetch(start, stop, write)
 
     def _plan(self, offset: int, length: int) -> tuple[int, int] | None:
         """Update the window for a read at [offset, offset+length); the byte range to fetch ahead."""
