@@ -103,7 +103,7 @@ class AccountTree:
         with self._lock:
             tree = self._trees.pop(key, None)
         for cache in (self._sidecars_finished, self._sidecars_running):
-            cache.discard_where(lambda k: k == key)
+            cache.discard(key)
         if tree:
             tree.forget("/")
 

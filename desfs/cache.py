@@ -138,11 +138,19 @@ class LoadingCache:
     def discard_where(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop every entry whose key satisfies `predicate`; returns how many."""
         with self._lock:
-            self._generation += 1
-            doomed = [k for k in list(self._data.keys()) if predicate(k)]
-            for key in doomed:
-                self._on_drop(self._data.pop(key))
-            return len(doomed)
+            return self._discard([k for k in list(self._data.keys()) if predicate(k)])
+
+    def discard(self, key: Hashable) -> bool:
+        """Drop one entry (without looking at every other key); whether it was there."""
+        with self._lock:
+            return self._discard([key] if key in self._data else []) == 1
+
+    def _discard(self, doomed: list[Hashable]) -> int:
+        """Under the lock: drop these cached keys, and let no load under way now be stored."""
+        self._generation += 1
+        for key in doomed:
+            self._on_drop(self._data.pop(key))
+        return len(doomed)
 
     def clear(self) -> None:
         with self._lock:

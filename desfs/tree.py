@@ -204,8 +204,7 @@ class Tree:
 
     def forget_listing(self, folder: str) -> None:
         """Drop one folder's cached listing, so the next look sees the server's."""
-        key = self._key(normalize(folder))
-        self.listings.discard_where(lambda k: k == key)
+        self.listings.discard(self._key(normalize(folder)))
 
     def forget(self, path: str) -> None:
         """Drop everything cached at or below `path` (a deleted job, a vanished file)."""

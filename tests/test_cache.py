@@ -104,6 +104,21 @@ def test_discard_where_and_racing_load_not_stored():
     assert "c" not in cache
 
 
+def test_discard_of_one_key_and_a_racing_load_of_it_not_stored():
+    cache = LoadingCache(100, ttl=60)
+    cache.put("/a", 1)
+    cache.put("/b", 2)
+    assert cache.discard("/a") and not cache.discard("/a")
+    assert "/a" not in cache and "/b" in cache
+
+    def load_during_discard():
+        cache.discard("/c")  # the listing is forgotten while it is being fetched
+        return "old"
+
+    assert cache.get("/c", load_during_discard) == "old"
+    assert "/c" not in cache
+
+
 def make_file(size, seed=1):
     import random
 
