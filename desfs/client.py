@@ -139,7 +139,7 @@ class Client:
             raise ValueError(f"range [{start}, {stop}) outside a file of {expect.size} bytes")
         url = self.url(path)
         done = 0  # bytes already handed to `write`, kept across retries
-        room = getattr(write, "room", None)
+        sink = write if hasattr(write, "room") else _Pieces(write, min(CHUNK_BYTES, stop - start))
 
         def consume(resp: requests.Response) -> None:
             nonlocal done
@@ -157,27 +157,24 @@ class Client:
                 self._warn_once("ignores-range", f"server ignores Range requests ({url}): reading whole bodies")
                 skip = offset
             want = stop - offset
-            read_into = _body_reader(resp)
-            scratch = None if room and not skip else memoryview(bytearray(min(CHUNK_BYTES, max(skip, want))))
-            while skip:
-                n = read_into(scratch[:min(skip, len(scratch))])
-                if not n:
-                    raise _Retryable("body ended before the requested range")
-                skip -= n
+            body = _plain_body(resp)
+            read_into = body.readinto if body else _urllib3_reader(resp)
+            if skip:
+                scratch = memoryview(bytearray(min(CHUNK_BYTES, skip)))
+                while skip:
+                    n = read_into(scratch[:skip])
+                    if not n:
+                        raise _Retryable("body ended before the requested range")
+                    skip -= n
             while want:
-                view = room() if room else scratch
-                if len(view) > want:
-                    view = view[:want]
-                n = read_into(view)
+                n = read_into(sink.room()[:want])
                 if not n:
                     raise _Retryable(f"body cut short ({stop - start - done - want} bytes missing)")
-                if room:
-                    write.filled(n)
-                else:
-                    write(view[:n])
+                sink.filled(n)
                 done += n
                 want -= n
-            _release(resp)
+            if body is not None and body.isclosed():  # read to its end: the connection can serve again
+                resp.raw.release_conn()  # (urllib3 does this in its own read, which is bypassed here)
 
         def headers() -> dict[str, str]:
             h = {"Range": _range_header(start + done, stop), "Accept-Encoding": "identity"}
@@ -352,33 +349,37 @@ def _http_time(value: str | None) -> float:
         return 0.0
 
 
-def _body_reader(resp: requests.Response) -> Callable[[memoryview], int]:
-    """`readinto` for the body of a streamed answer: bytes go from the socket straight into
-    the caller's buffer (http.client's own readinto), not through urllib3's chunks.
+class _Pieces:
+    """The room/filled side of a plain `write`: bytes are read into one reused buffer and handed
+    to `write` piece by piece (as memoryviews valid during the call)."""
 
-    Ranges are asked for with Accept-Encoding: identity, and their bytes are taken as
-    sent (never decoded), so reading beneath urllib3 sees the same bytes.
-    """
-    raw = resp.raw
-    fp = getattr(raw, "_fp", None)
-    if isinstance(fp, http.client.HTTPResponse):
-        return fp.readinto
+    def __init__(self, write: Callable[[memoryview], object], size: int) -> None:
+        self._write = write
+        self._buf = memoryview(bytearray(size))
 
-    def read_into(view: memoryview) -> int:  # any other transport: urllib3's read, one copy more
-        chunk = raw.read(len(view), decode_content=False)
+    def room(self) -> memoryview:
+        return self._buf
+
+    def filled(self, n: int) -> None:
+        self._write(self._buf[:n])
+
+
+def _plain_body(resp: requests.Response) -> http.client.HTTPResponse | None:
+    """The http.client answer beneath urllib3's: its `readinto` puts bytes from the socket straight
+    into the caller's buffer, not through urllib3's chunks. Ranges are asked for with
+    Accept-Encoding: identity and taken as sent (never decoded), so both see the same bytes."""
+    body = getattr(resp.raw, "_fp", None)
+    return body if isinstance(body, http.client.HTTPResponse) else None
+
+
+def _urllib3_reader(resp: requests.Response) -> Callable[[memoryview], int]:
+    """`readinto` through urllib3, for any other transport: one copy more."""
+    def read_into(view: memoryview) -> int:
+        chunk = resp.raw.read(len(view), decode_content=False)
         view[: len(chunk)] = chunk
         return len(chunk)
 
     return read_into
-
-
-def _release(resp: requests.Response) -> None:
-    """Give the connection of a body read to its end back to the pool (urllib3 does this in its
-    own read, which `_body_reader` bypasses); a body left unread closes it instead."""
-    raw = resp.raw
-    fp = getattr(raw, "_fp", None)
-    if isinstance(fp, http.client.HTTPResponse) and fp.isclosed() and hasattr(raw, "release_conn"):
-        raw.release_conn()
 
 
 def _is_timeout(exc: BaseException | None) -> bool:
