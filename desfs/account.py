@@ -113,16 +113,13 @@ class AccountTree:
         with self._lock:
             tree = self._trees.get(key)
             if tree is None:
-                url = f"{self.files_url}{self.api.username}/{key[0]}/{key[1]}/"
-                client = Client(url, session=self._session, **self._client_options)
-                self._session = self._session or client.session
-                tree = Tree(client, caches=self.caches, prefix=f"/{key[0]}/{key[1]}",
+                tree = Tree(self._client(f"{key[0]}/{key[1]}/"), caches=self.caches, prefix=f"/{key[0]}/{key[1]}",
                             listings=None if job.finished else self._unfinished_listings)
                 self._trees[key] = tree
             return tree
 
     def _route(self, path: str):
-        """('root'|'type'|'by-name'|'link'|'sidecar'|'job', ...) for a mount path."""
+        """('root'|'type'|'by-name'|'link'|'sidecar'|'job', ...) for a mount path (a sidecar's with its Entry)."""
         parts = [p for p in normalize(path).split("/") if p]
         if not parts:
             return ("root",)
@@ -141,8 +138,9 @@ class AccountTree:
         job = jobs.get((job_type, parts[1]))
         if job is not None:
             return ("job", (job_type, parts[1]), job, "/" + "/".join(parts[2:]))
-        if len(parts) == 2 and parts[1] in self._sidecar_entries(job_type, jobs):
-            return ("sidecar", job_type, parts[1])
+        sidecar = self._sidecar_entries(job_type, jobs).get(parts[1]) if len(parts) == 2 else None
+        if sidecar is not None:
+            return ("sidecar", job_type, parts[1], sidecar)
         raise NotFound("no such job", path)
 
     def _types(self, jobs) -> list[str]:
@@ -161,7 +159,7 @@ class AccountTree:
             target = self._links()[route[1]]
             return Entry(name=route[1], is_dir=False, size=len(target), mtime=self.root.mtime, link=target)
         if kind == "sidecar":
-            return self._sidecar_entries(route[1], self.jobs())[route[2]]
+            return route[3]
         _, key, job, rest = route
         if rest == "/":
             return Entry(name=key[1], is_dir=True, size=0, mtime=_job_time(job, self.root.mtime))
@@ -223,11 +221,14 @@ class AccountTree:
         with self._lock:
             tree = self._trees.get(key)
             if tree is None:
-                client = Client(f"{self.files_url}{self.api.username}/{job_type}/", session=self._session,
-                                **self._client_options)
-                self._session = self._session or client.session
-                tree = self._trees[key] = Tree(client, caches=self.caches, prefix=f"/{job_type}")
+                tree = self._trees[key] = Tree(self._client(f"{job_type}/"), caches=self.caches, prefix=f"/{job_type}")
             return tree
+
+    def _client(self, folder: str) -> Client:
+        """A Client for a folder of the user's (under the lock), on the one shared connection pool."""
+        client = Client(f"{self.files_url}{self.api.username}/{folder}", session=self._session, **self._client_options)
+        self._session = self._session or client.session
+        return client
 
     # -- sidecars and links -------------------------------------------------
 
