@@ -121,10 +121,6 @@ class Api:
                             expires=str(d.get("expiration_date") or "")))
         return jobs
 
-    def keep_alive(self) -> float:
-        """Seconds the token has left (POST /profile), renewing it on the way."""
-        return float(self.call("POST", "/profile").get("ttl") or 0)
-
 
 def _message(body: dict) -> str:
     message = body.get("message") or body.get("msg") or ""

@@ -70,8 +70,6 @@ class LoadingCache:
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored
-        self.hits = 0
-        self.loads = 0
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
         with self._lock:
@@ -80,7 +78,6 @@ class LoadingCache:
             except KeyError:
                 pass
             else:
-                self.hits += 1
                 return value
             flight = self._flights.get(key)
             leader = flight is None
@@ -152,11 +149,6 @@ class LoadingCache:
             self._on_drop(self._data.pop(key))
         return len(doomed)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._data.clear()
-
     @property
     def current_size(self) -> int:
         with self._lock:
@@ -168,7 +160,6 @@ class LoadingCache:
         return int(self._data.maxsize)
 
     def _start(self, key: Hashable) -> _Flight:
-        self.loads += 1
         flight = self._flights[key] = _Flight(self._generation)
         return flight
 
@@ -247,7 +238,7 @@ class _BlockWriter:
     hands it to `done(index, block)` as soon as it is complete."""
 
     def __init__(self, size: int, block_size: int, run: list[int], done: Callable[[int, Any], None],
-                 alloc: Callable[[int], Any] = bytearray) -> None:
+                 alloc: Callable[[int], Any]) -> None:
         self.size, self.block_size, self.done, self.alloc = size, block_size, done, alloc
         self.pending = list(run)
         self._block: bytearray | None = None

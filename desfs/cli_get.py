@@ -12,6 +12,7 @@ import sys
 import time
 
 from desfs.cli import source_url
+from desfs.tree import join
 
 
 def open_source(args: argparse.Namespace):
@@ -78,7 +79,7 @@ def _depth_first(folder: str, listings: dict):
     yield folder, entries
     for name, e in entries.items():
         if e.is_dir:
-            yield from _depth_first(folder.rstrip("/") + "/" + name, listings)
+            yield from _depth_first(join(folder, name), listings)
 
 
 def _ls_line(entry, human) -> str:

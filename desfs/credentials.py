@@ -23,7 +23,7 @@ class NoCredentials(Exception):
 class Credentials:
     username: str
     password: str = field(repr=False)
-    source: str  # where they came from: "netrc", "environment", "prompt", "stdin"
+    source: str  # where they came from: "netrc", "environment", "prompt", or "parent" (a background mount's pipe)
 
 
 def find_credentials(api_url: str, user: str | None = None, environ=os.environ, stdin=sys.stdin,

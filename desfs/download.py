@@ -76,6 +76,7 @@ def selected(rel: str, include: list[str], exclude: list[str]) -> bool:
 def plan_tree(tree: Tree, dest: str, include: list[str] = (), exclude: list[str] = (), workers: int = 4) -> Plan:
     """What to fetch to make `dest` a copy of the whole tree (files up to date are left alone)."""
     plan = Plan()
+    include, exclude = list(include), list(exclude)
     for folder, entries in tree.walk("/", workers=workers):
         local_folder = os.path.join(dest, *[s for s in folder.split("/") if s])
         plan.folders.append(local_folder)
@@ -85,7 +86,7 @@ def plan_tree(tree: Tree, dest: str, include: list[str] = (), exclude: list[str]
                     plan.folder_mtimes[os.path.join(local_folder, name)] = entry.mtime
                 continue
             remote = join(folder, name)
-            if not selected(remote.lstrip("/"), list(include), list(exclude)):
+            if not selected(remote.lstrip("/"), include, exclude):
                 continue
             item = Item(remote, os.path.join(local_folder, name), entry)
             (plan.up_to_date if is_up_to_date(item) else plan.fetch).append(item)
@@ -289,11 +290,9 @@ def human(n: float) -> str:
     """1536 → '1.5K', like ls -h (binary units)."""
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1024 or unit == "T":
-            if unit == "":
-                return f"{int(n)}"
-            return f"{n:.1f}{unit}" if n < 10 else f"{n:.0f}{unit}"
+            break
         n /= 1024
-    return str(n)
+    return f"{int(n)}" if unit == "" else f"{n:.1f}{unit}" if n < 10 else f"{n:.0f}{unit}"
 
 
 def _clock(seconds: float) -> str:

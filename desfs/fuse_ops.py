@@ -226,21 +226,18 @@ def raise_kernel_readahead(mountpoint: str) -> int | None:
         return None
     entry = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
     try:
-        with open(entry, "r+") as f:
+        with open(entry) as f:
             now = int(f.read())
-            if fuse_version_major >= 3 and now < KERNEL_READAHEAD_KB:
-                f.seek(0)
-                f.write(str(KERNEL_READAHEAD_KB))
-                now = KERNEL_READAHEAD_KB
-    except PermissionError:
-        try:
-            with open(entry) as f:
-                return int(f.read())
-        except OSError:
-            return None
     except (OSError, ValueError):
         return None
-    return now
+    if fuse_version_major < 3 or now >= KERNEL_READAHEAD_KB:  # libfuse 2 sends 128 KiB reads whatever this is
+        return now
+    try:
+        with open(entry, "w") as f:
+            f.write(str(KERNEL_READAHEAD_KB))
+    except OSError:  # not root
+        return now
+    return KERNEL_READAHEAD_KB
 
 
 def run(operations: DesfsOperations, mountpoint: str, options: dict) -> None:
