@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import NoCredentials
-from desfs.mounting import MountError, check_mountpoint, find_mount, unmount
+from desfs.mounting import MountError, check_mountpoint, unmount
 
 log = logging.getLogger("desfs")
 
@@ -364,7 +364,7 @@ def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
         os.close(cred_read)
         with os.fdopen(cred_write, "w", encoding="utf-8") as pipe:
             pipe.write(f"{creds.username}\n{creds.password}\n")
-    # The child answers after its first listing (bounded by timeout and retries) and the FUSE init.
+    # The child answers after its first listing (bounded by timeout and retries) and the FUSE INIT.
     deadline = time.monotonic() + args.timeout * (args.retries + 1) + 30
     answer = b""
     try:
@@ -380,11 +380,7 @@ def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
     finally:
         os.close(read_end)
     line = answer.decode(errors="replace").strip()
-    if line == "ok":
-        for _ in range(100):  # the mount is in the table before INIT is answered; make sure
-            if find_mount(mountpoint):
-                break
-            time.sleep(0.05)
+    if line == "ok":  # sent once the kernel has answered a stat through the mount (DesfsOperations._mounted)
         log.debug("mounted %s on %s (pid %d, log %s)", url, mountpoint, proc.pid, log_file)
         return 0
     if proc.poll() is None:
