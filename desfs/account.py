@@ -57,8 +57,14 @@ class AccountTree:
         self._timer = timer
         self._client_options = dict(timeout=timeout, retries=retries, ca_bundle=ca_bundle, connections=connections)
         self._session = None  # one connection pool for every job's Client
-        self._job_list = LoadingCache(1, jobs_ttl, timer=timer)
-        self._unfinished_listings = LoadingCache(settings.listing_entries, UNFINISHED_LISTING_TTL, timer=timer)
+        self.jobs_ttl = jobs_ttl
+        # The first job list is waited for (the mount needs it); later ones are fetched in the background
+        # while the last one is served, so a slow or dead API never holds a lookup.
+        self._first_jobs = LoadingCache(1, float("inf"), timer=timer, patience=settings.patience(0))
+        self._known_at = 0.0
+        self._refreshing = False
+        self._unfinished_listings = LoadingCache(settings.listing_entries, UNFINISHED_LISTING_TTL, timer=timer,
+                                                 patience=self.caches.listings.patience)
         self._known: dict[tuple[str, str], Job] | None = None
         self._trees: dict[tuple[str, str], Tree] = {}
         self._sidecars_finished = LoadingCache(1_000_000, ttl=float("inf"), timer=timer)
@@ -74,8 +80,26 @@ class AccountTree:
     # -- the job list -------------------------------------------------------
 
     def jobs(self) -> dict[tuple[str, str], Job]:
-        """(type, id) → Job, refreshed every `jobs_ttl`; the last list is kept while the API fails."""
-        return self._job_list.get("jobs", self._load_jobs)
+        """(type, id) → Job. The first list is fetched here; after that the last list is served at
+        once, and fetched again in the background once it is `jobs_ttl` old (kept while the API fails)."""
+        known = self._known
+        if known is None:
+            return self._first_jobs.get("jobs", self._load_jobs)
+        if self._timer() - self._known_at >= self.jobs_ttl:
+            with self._lock:
+                start, self._refreshing = not self._refreshing, True
+            if start:
+                threading.Thread(target=self._refresh, name="desfs-jobs", daemon=True).start()
+        return known
+
+    def _refresh(self) -> None:
+        try:
+            self._load_jobs()
+        except Exception:  # never the first list here: _load_jobs keeps the last one on failure
+            log.exception("refreshing the job list failed")
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def _load_jobs(self) -> dict[tuple[str, str], Job]:
         try:
@@ -84,6 +108,7 @@ class AccountTree:
             if self._known is None:
                 raise
             log.warning("DESaccess job list unavailable (%s): keeping the last one", exc)
+            self._known_at = self._timer()  # asked again after another jobs_ttl, not at every lookup
             return self._known
         jobs = {}
         for job in listed:
@@ -94,7 +119,7 @@ class AccountTree:
             jobs[(job.job_type, job.job_id)] = job
         for key in set(self._known or {}) - set(jobs):
             self._drop(key)
-        self._known = jobs
+        self._known, self._known_at = jobs, self._timer()
         return jobs
 
     def _drop(self, key: tuple[str, str]) -> None:

@@ -8,6 +8,7 @@ of the cached blocks, so a byte is copied once on its way to the kernel.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import sys
 import threading
@@ -38,11 +39,12 @@ class _TTLCache(cachetools.TTLCache):
 
 
 class _Flight:
-    """A load under way: the threads that miss the same key wait on it."""
+    """A load under way: the threads that miss the same key wait on it, until its deadline."""
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, patience: float | None) -> None:
         self.done = threading.Event()
         self.generation = generation
+        self.deadline = None if patience is None else time.monotonic() + patience
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -55,6 +57,10 @@ class LoadingCache:
     and share its value or its error. Failed loads are not cached. A caller
     that loads several keys at once uses `claim`, then `fulfil` or `fail` on
     each key it claimed. Thread-safe.
+
+    Waiting is bounded: a load is given `patience` seconds (per call, else the
+    cache's own; None: no bound) from its start, and a thread waiting for it
+    longer gets TimeoutError (ETIMEDOUT), while the load itself goes on.
     """
 
     def __init__(
@@ -64,14 +70,16 @@ class LoadingCache:
         getsizeof: Callable[[Any], int] | None = None,
         timer: Callable[[], float] = time.monotonic,
         on_drop: Callable[[Any], None] | None = None,
+        patience: float | None = None,
     ) -> None:
+        self.patience = patience
         self._on_drop = on_drop or (lambda value: None)
         self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, load: Callable[[], Any], patience: float | None = None) -> Any:
         with self._lock:
             try:
                 value = self._data[key]
@@ -82,9 +90,10 @@ class LoadingCache:
             flight = self._flights.get(key)
             leader = flight is None
             if leader:
-                flight = self._start(key)
+                flight = self._start(key, patience)
         if not leader:
-            flight.done.wait()
+            if not flight.done.wait(None if flight.deadline is None else max(0.0, flight.deadline - time.monotonic())):
+                raise TimeoutError(errno.ETIMEDOUT, "gave up waiting for a load under way in another thread")
             if flight.error is not None:
                 raise flight.error
             return flight.value
@@ -96,12 +105,12 @@ class LoadingCache:
         self.fulfil(key, value)
         return value
 
-    def claim(self, key: Hashable) -> bool:
+    def claim(self, key: Hashable, patience: float | None = None) -> bool:
         """Take the load of `key` on oneself: False when it is cached or already being loaded."""
         with self._lock:
             if key in self._data or key in self._flights:
                 return False
-            self._start(key)
+            self._start(key, patience)
             return True
 
     def fulfil(self, key: Hashable, value: Any) -> None:
@@ -159,8 +168,8 @@ class LoadingCache:
     def max_size(self) -> int:
         return int(self._data.maxsize)
 
-    def _start(self, key: Hashable) -> _Flight:
-        flight = self._flights[key] = _Flight(self._generation)
+    def _start(self, key: Hashable, patience: float | None) -> _Flight:
+        flight = self._flights[key] = _Flight(self._generation, self.patience if patience is None else patience)
         return flight
 
     def _store(self, key: Hashable, value: Any) -> None:
@@ -287,10 +296,13 @@ class BlockCache:
 
     SPARES_MAX = 8 * 1024 * 1024
 
-    def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic):
+    def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic,
+                 patience: Callable[[int], float] | None = None):
+        """`patience(n)`: seconds a load of n bytes may take before threads waiting for it give up."""
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
+        self._patience = patience or (lambda nbytes: None)
         spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
         self.spares = Spares(spare)
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give)
@@ -327,7 +339,7 @@ class BlockCache:
                 raise RuntimeError(f"fetch({start}, {stop}) ended short of the block")
             return got[0]
 
-        return self.blocks.get((key, index), load)
+        return self.blocks.get((key, index), load, self._patience(stop - start))
 
     def fetch_run(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> int:
         """Fetch the blocks [first, last) that are neither cached nor under way; returns how many.
@@ -337,7 +349,7 @@ class BlockCache:
         """
         bs = self.block_size
         last = min(last, -(-size // bs))
-        claimed = [i for i in range(first, last) if self.blocks.claim((key, i))]
+        claimed = [i for i in range(first, last) if self.blocks.claim((key, i), self._patience((i - first + 1) * bs))]
         runs: list[list[int]] = []
         for i in claimed:
             if runs and runs[-1][-1] == i - 1:

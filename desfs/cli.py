@@ -255,7 +255,8 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     try:
         mountpoint = check_mountpoint(args.mountpoint)
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
-                                readahead_max=args.readahead, readahead_workers=args.connections)
+                                readahead_max=args.readahead, readahead_workers=args.connections,
+                                timeout=args.timeout, retries=args.retries)
         if url is None:
             tree, source = getattr(args, "make_tree", _account_tree)(args, settings)
         else:

@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 from desfs import __version__
@@ -33,6 +36,21 @@ CHUNK_BYTES = 256 * 1024
 LISTING_MAX_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_MAX = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MIN_RATE = 64 * 1024  # bytes/s: an answer slower than this on average is given up (ETIMEDOUT)
+
+
+def allowance(timeout: float, nbytes: int) -> float:
+    """Seconds one try of a request for `nbytes` may take in all: `timeout`, plus the bytes at MIN_RATE.
+
+    Enforced by the watchdog below (the socket is shut when it runs out), so a
+    server that keeps sending a byte now and then cannot hold a read forever."""
+    return timeout + nbytes / MIN_RATE
+
+
+def patience(timeout: float, retries: int, nbytes: int) -> float:
+    """Seconds a whole operation on `nbytes` may take, every try and pause between tries included:
+    how long a thread waiting for another one's load of the same bytes waits at most."""
+    return (retries + 1) * allowance(timeout, nbytes) + retries * RETRY_AFTER_MAX + 1.0
 
 
 class _Retryable(Exception):
@@ -95,17 +113,19 @@ class Client:
         url = self.url(path, folder=True) + "json"
 
         def consume(resp: requests.Response) -> bytes:
+            declared = _length(resp, url)
+            expect_bytes(min(declared or 0, LISTING_MAX_BYTES))
             body = bytearray()
             for chunk in resp.iter_content(CHUNK_BYTES):
                 body += chunk
+                expect_bytes(len(body))  # an answer of unknown length: the bytes so far at MIN_RATE
                 if len(body) > LISTING_MAX_BYTES:
                     raise BadListing(f"folder listing larger than {LISTING_MAX_BYTES} bytes", url)
-            declared = resp.headers.get("Content-Length")
-            if declared is not None and "Content-Encoding" not in resp.headers and int(declared) != len(body):
+            if declared is not None and "Content-Encoding" not in resp.headers and declared != len(body):
                 raise _Retryable(f"listing cut short ({len(body)} of {declared} bytes)")
             return bytes(body)
 
-        body = self._call("GET", url, {}, consume)
+        body = self.request("GET", url, {}, consume)
         return parse_listing(body, url)
 
     def stat(self, path: str) -> Entry:
@@ -113,11 +133,13 @@ class Client:
         url = self.url(path)
 
         def consume(resp: requests.Response) -> Entry:
-            size = int(resp.headers.get("Content-Length", "0"))
+            size = _length(resp, url)
+            if size is None:
+                raise ServerError("the server gave no size (Content-Length) for the file", url)
             name = [s for s in path.split("/") if s][-1] if path.strip("/") else ""
             return Entry(name=name, is_dir=False, size=size, mtime=_http_time(resp.headers.get("Last-Modified")))
 
-        return self._call("HEAD", url, {}, consume)
+        return self.request("HEAD", url, {}, consume)
 
     def read_range(self, path: str, start: int, stop: int, expect: Entry) -> bytes:
         """Bytes [start, stop) of the version `expect` of a file; exactly stop - start of them."""
@@ -144,6 +166,9 @@ class Client:
         def consume(resp: requests.Response) -> None:
             nonlocal done
             offset = start + done
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding != "identity":  # the bytes on the wire would not be the file's bytes
+                raise ServerError(f"server sent the file encoded (Content-Encoding: {encoding[:40]})", url)
             if resp.status_code == 206:
                 first, total = _parse_content_range(resp.headers.get("Content-Range"), url)
                 if total is not None and total != expect.size:
@@ -157,6 +182,7 @@ class Client:
                 self._warn_once("ignores-range", f"server ignores Range requests ({url}): reading whole bodies")
                 skip = offset
             want = stop - offset
+            expect_bytes(skip + want)
             body = _plain_body(resp)
             read_into = body.readinto if body else _urllib3_reader(resp)
             if skip:
@@ -184,38 +210,54 @@ class Client:
 
         if start == stop:
             return
-        self._call("GET", url, headers, consume)
+        self.request("GET", url, headers, consume)
 
     # -- the one place that talks to the network ----------------------------
 
-    def _call(self, method, url, headers, consume, data=None, passthrough=()):
+    def request(self, method: str, url: str, headers, consume: Callable[[requests.Response], object], *,
+                data: dict | None = None, passthrough: tuple[int, ...] = (), redirects: bool = True):
         """Send a request and hand the answer to `consume`, retrying what is worth retrying.
 
         `headers` is a dict or a callable that makes one per try (a resumed
         range). 404/410 → NotFound and 401/403 → AccessDenied at once; a
         timeout → Timeout at once (a stalled server must not cost retries ×
         timeout); connection failures, 5xx/429 and cut bodies are retried.
+        Each try has a total deadline (`allowance`): the headers within
+        `timeout`, the body at MIN_RATE on average (`consume` tells the size it
+        expects with `expect_bytes`). `redirects=False` refuses any redirect.
         """
         attempt = 0
         while True:
             try:
                 return self._try_once(method, url, headers() if callable(headers) else headers, consume, data,
-                                      passthrough)
+                                      passthrough, redirects)
             except _Retryable as exc:
                 if attempt >= self.retries:
                     raise ServerError(f"{exc} (after {attempt + 1} tries)", url) from None
                 delay = exc.delay if exc.delay is not None else self.backoff * (2**attempt)
                 delay *= 1 + random.random() * 0.25
-                log.info("retrying %s %s in %.2fs: %s", method, url, delay, exc)
+                log.info("retrying %s %s in %.2fs: %s", method, redact(url), delay, exc)
                 attempt += 1
                 time.sleep(delay)
 
-    def _try_once(self, method, url, headers, consume, data=None, passthrough=()):
+    def _try_once(self, method, url, headers, consume, data, passthrough, redirects):
+        watch = _watchdog.begin(self.timeout, 0)
+        try:
+            return self._answer(method, url, headers, consume, data, passthrough, redirects)
+        except (_Retryable, ServerError, Timeout) as exc:
+            if watch.fired and not isinstance(exc, Timeout):
+                raise Timeout(f"no complete answer within {watch.seconds:.0f} s (--timeout {self.timeout:g} s "
+                              f"plus the size at {MIN_RATE // 1024} KiB/s)", url) from None
+            raise
+        finally:
+            _watchdog.end(watch)
+
+    def _answer(self, method, url, headers, consume, data, passthrough, redirects):
         started = time.monotonic()
         try:
             resp = self.session.request(
                 method, url, headers=headers, data=data, timeout=(self.timeout, self.timeout), stream=True,
-                allow_redirects=True,
+                allow_redirects=redirects,
             )
         except requests.Timeout as exc:
             raise Timeout(f"no answer within {self.timeout:g} s", url) from exc
@@ -225,8 +267,10 @@ class Client:
             raise DesfsError(f"TLS error ({_reason(exc)})", url) from None
         except requests.ConnectionError as exc:
             raise _Retryable(f"cannot connect ({_reason(exc)})") from None
+        except requests.TooManyRedirects:
+            raise ServerError("too many redirects", url) from None
         with resp:
-            log.debug("%s %s %s -> %d", method, url, headers.get("Range", ""), resp.status_code)
+            log.debug("%s %s %s -> %d", method, redact(url), headers.get("Range", ""), resp.status_code)
             status = resp.status_code
             if status in passthrough:
                 pass  # the caller reads the answer, whatever its status
@@ -238,6 +282,9 @@ class Client:
                 raise _Retryable(f"server answered HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
             elif status == 416:
                 raise Stale("range not satisfiable: the file is shorter than listed", url)
+            elif 300 <= status < 400 and not redirects:
+                where = redact(resp.headers.get("Location", "")[:200]) or "nowhere"
+                raise ServerError(f"answered a redirect (HTTP {status} to {where}): not followed", url)
             elif status >= 300:
                 raise ServerError(f"unexpected answer HTTP {status}", url)
             try:
@@ -248,13 +295,13 @@ class Client:
                 if _is_timeout(exc):
                     raise Timeout(f"server stopped sending for {self.timeout:g} s", url) from None
                 raise _Retryable(f"connection lost mid-answer ({_reason(exc)})") from None
-            log.debug("%s %s done in %.0f ms", method, url, (time.monotonic() - started) * 1000)
+            log.debug("%s %s done in %.0f ms", method, redact(url), (time.monotonic() - started) * 1000)
             return result
 
     def _check_version(self, resp: requests.Response, expect: Entry, url: str) -> None:
-        length = resp.headers.get("Content-Length")
+        length = _length(resp, url)
         modified = _http_time(resp.headers.get("Last-Modified"))
-        if (length is not None and int(length) != expect.size) or (
+        if (length is not None and length != expect.size) or (
             modified and expect.mtime and abs(modified - expect.mtime) >= 1
         ):
             raise Stale("file changed on the server since it was listed", url)
@@ -267,9 +314,139 @@ class Client:
         log.warning("%s", message)
 
 
+# -- total deadlines ---------------------------------------------------------
+#
+# A socket timeout bounds each pause of an answer, not the whole answer: a server that sends a
+# byte just before every timeout would hold a read (and the FUSE thread, and the program in D
+# state) forever. Each try of a request therefore has a deadline (`allowance`); a watchdog thread
+# shuts the try's socket when it passes, which ends any blocking connect, send or receive at once.
+# The socket is learnt where urllib3 makes or reuses a connection (`_new_conn`, urllib3's own hook
+# for making the socket, and `request`), in the thread that runs the try.
+
+
+class _Watch:
+    """The deadline of one try, and the socket it uses once it has one."""
+
+    __slots__ = ("started", "timeout", "deadline", "sock", "fired")
+
+    def __init__(self, timeout: float, nbytes: int) -> None:
+        self.started = time.monotonic()
+        self.timeout = timeout
+        self.deadline = self.started + allowance(timeout, nbytes)
+        self.sock: socket.socket | None = None
+        self.fired = False
+
+    def allow(self, nbytes: int) -> None:
+        """Give the try time for `nbytes` (a size learnt from the answer, or bytes already received)."""
+        self.deadline = max(self.deadline, self.started + allowance(self.timeout, nbytes))
+
+    @property
+    def seconds(self) -> float:
+        return self.deadline - self.started
+
+
+class _Watchdog:
+    def __init__(self) -> None:
+        self._watches: set[_Watch] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+
+    def begin(self, timeout: float, nbytes: int) -> _Watch:
+        watch = _Watch(timeout, nbytes)
+        with self._cond:
+            self._watches.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="desfs-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        self._local.watch = watch
+        return watch
+
+    def current(self) -> _Watch | None:
+        return getattr(self._local, "watch", None)
+
+    def end(self, watch: _Watch) -> None:
+        with self._cond:
+            self._watches.discard(watch)
+            watch.sock = None
+        self._local.watch = None
+
+    def attach(self, sock: socket.socket | None) -> None:
+        """The socket the current thread's try is about to use."""
+        watch = getattr(self._local, "watch", None)
+        if watch is None or sock is None:
+            return
+        with self._cond:
+            watch.sock = sock
+            if watch.fired:
+                _shut(sock)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for watch in [w for w in self._watches if w.deadline <= now]:
+                    watch.fired = True
+                    self._watches.discard(watch)
+                    if watch.sock is not None:
+                        _shut(watch.sock)
+                soonest = min((w.deadline for w in self._watches), default=None)
+                self._cond.wait(None if soonest is None else max(0.01, soonest - now))
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: also under a TLS layer
+    except OSError:
+        pass
+
+
+_watchdog = _Watchdog()
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watchdog.attach(sock)
+        return sock
+
+    def request(self, *args, **kwargs):  # a kept-alive connection, reused
+        _watchdog.attach(self.sock)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    _new_conn = _WatchedHTTPConnection._new_conn
+    request = _WatchedHTTPConnection.request
+
+
+class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, with connections whose sockets the watchdog can shut."""
+
+    _POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(self._POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = dict(self._POOLS)
+        return manager
+
+
 def _new_session(base_url: str, connections: int, ca_bundle: str | None) -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+    adapter = _WatchedAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"desfs/{__version__}"
@@ -309,7 +486,39 @@ class JsonCaller:
                 raise ServerError(f"the API answered HTTP {resp.status_code} without JSON", url) from None
             return resp.status_code, body if isinstance(body, dict) else {"value": body}
 
-        return http._call(method, url, headers, consume, data=form, passthrough=(400, 401, 403, 404, 406))
+        # No redirect is followed: requests would carry the form (the password) along a 307/308 to any host.
+        return http.request(method, url, headers, consume, data=form, passthrough=(400, 401, 403, 404, 406),
+                            redirects=False)
+
+
+def expect_bytes(nbytes: int) -> None:
+    """Tell the deadline of the current try how many bytes its answer is expected to carry."""
+    watch = _watchdog.current()
+    if watch is not None:
+        watch.allow(nbytes)
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: any `user:password@` replaced by `***@`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def _length(resp: requests.Response, url: str) -> int | None:
+    """The answer's Content-Length as a number of bytes (None when not given); anything else is a
+    server error, not a crash."""
+    value = resp.headers.get("Content-Length")
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise ServerError(f"the server sent a bad Content-Length {value[:40]!r}", url)
+    return int(value)
 
 
 def _range_header(start: int, stop: int) -> str:

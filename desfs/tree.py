@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
-from desfs.client import Client
+from desfs.client import Client, patience
 from desfs.errors import NotFound, Stale
 from desfs.listing import Entry
 from desfs.readahead import Prefetcher, ReadStream
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
+LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class TreeSettings:
     readahead_workers: int = 8  # parallel range requests of all readahead
     listing_workers: int = 4  # sub-folder listings fetched at once ahead of a recursive walk
     listing_prefetch_max: int = 32  # sub-folders of one folder whose listings are fetched ahead
+    timeout: float = 30.0  # the Client's: with `retries`, bounds how long a thread waits for another's load
+    retries: int = 3
+
+    def patience(self, nbytes: int) -> float:
+        """Seconds a load of `nbytes` may take, all tries included (client.patience)."""
+        return patience(self.timeout, self.retries, nbytes)
 
 
 class Caches:
@@ -46,8 +53,9 @@ class Caches:
     def __init__(self, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
         self.settings, self.timer = settings, timer
         self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size,
-                                     timer=timer)
-        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer)
+                                     timer=timer, patience=settings.patience(LISTING_WAIT_BYTES))
+        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer,
+                                 patience=settings.patience)
         # A window larger than a quarter of the cache would evict its own blocks before they are read.
         self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
         self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None

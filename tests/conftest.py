@@ -160,6 +160,18 @@ def source_files(folder: str) -> dict[str, str]:
     return found
 
 
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
+    """Poll `condition` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {getattr(condition, '__name__', condition)}")
+        time.sleep(interval)
+
+
 @pytest.fixture
 def kill_after():
     """Processes registered here are killed at teardown, whatever happened."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DESFS, free_port, run_desfs, source_files
+from conftest import DESFS, free_port, run_desfs, source_files, wait_for
 from fakeapi import FakeApi
 from nginxserver import start_nginx, stop_nginx
 
@@ -173,8 +173,8 @@ def test_job_deleted_during_a_mount_vanishes(mount, api, files, sample, env):
     assert (m.path / "query" / DOOMED_JOB / "meta.json").read_bytes()
     api.jobs[USER] = [j for j in api.jobs[USER] if j["job_id"] != DOOMED_JOB]
     shutil.rmtree(user_dir / "query" / DOOMED_JOB)
-    time.sleep(1.5)
-    assert DOOMED_JOB not in os.listdir(m.path / "query")
+    # the list is fetched again in the background once it is older than --jobs-ttl
+    wait_for(lambda: DOOMED_JOB not in os.listdir(m.path / "query"))
     with pytest.raises(OSError) as info:
         os.stat(m.path / "query" / DOOMED_JOB / "meta.json")
     assert info.value.errno == errno.ENOENT
@@ -189,7 +189,7 @@ def test_token_expiry_during_a_mount_is_renewed(mount, api, files, sample, env):
     logins = api.logins
     time.sleep(2.5)  # the token (and every new_token) has expired
     api.jobs[USER].append(job("b" * 32, "cutout", "new after expiry"))
-    assert "b" * 32 in os.listdir(m.path / "cutout")  # the job list was really fetched again
+    wait_for(lambda: "b" * 32 in os.listdir(m.path / "cutout"))  # the job list was really fetched again
     assert api.logins == logins + 1
     assert "signing in again" in m.log_text() and "keeping the last one" not in m.log_text()
 
@@ -199,10 +199,11 @@ def test_api_failing_later_keeps_the_last_job_list(mount, api, files, sample, en
     m = mount(None, "--jobs-ttl", "1", *account_options(api, files), env=env)
     os.listdir(m.path / "cutout")
     api.down = True
-    time.sleep(1.5)
+    time.sleep(1.1)  # the list is now older than --jobs-ttl: the next look asks the API again
+    assert sample.cutout_job in os.listdir(m.path / "cutout")
+    wait_for(lambda: "keeping the last one" in m.log_text())
     assert sample.cutout_job in os.listdir(m.path / "cutout")
     assert (m.path / "cutout" / sample.cutout_job / "summary.json").read_bytes()
-    assert "keeping the last one" in m.log_text()
 
 
 @pytest.mark.parametrize("form", ["id", "type/id"])
