@@ -12,16 +12,19 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import NoCredentials
-from desfs.mounting import MountError, check_mountpoint, unmount
+from desfs.mounting import MountError, check_mountpoint, detach, unmount
 
 log = logging.getLogger("desfs")
 
@@ -237,12 +240,53 @@ def _mount_options(args: argparse.Namespace, source: str) -> dict:
     return options
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STOP_GRACE = 1.5  # seconds the FUSE loop gets to end after an unmount, before requests still hanging are abandoned
+
+
+def _hold_stop_signals() -> None:
+    """Block SIGTERM, SIGINT and SIGHUP in this thread and every thread started after it (libfuse's
+    workers too), so that they reach only the thread of `_stop_on_signals`: libfuse's own handlers
+    end its loop only once every worker is done, which a request hanging on the server delays."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _stop_on_signals(mounted: Callable[[], str | None], finished: threading.Event) -> None:
+    """On a stop signal: unmount (lazily if a program holds the mount) and end the process within
+    STOP_GRACE seconds, whatever requests are still waiting on the server. `mounted()` is the mount
+    point once the mount is live (before that, a stop signal just ends the process: exit 130)."""
+
+    def wait() -> None:
+        sig = signal.Signals(signal.sigwait(STOP_SIGNALS))
+        mountpoint = mounted()
+        if mountpoint is None:
+            print("desfs: interrupted", file=sys.stderr, flush=True)
+            logging.shutdown()
+            os._exit(130)
+        log.info("%s: unmounting %s", sig.name, mountpoint)
+        try:
+            detach(mountpoint)
+        except (MountError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("unmounting %s after %s: %s", mountpoint, sig.name, exc)
+        if not finished.wait(STOP_GRACE):
+            log.info("unmounted %s (requests still waiting on the server were abandoned)", mountpoint)
+            logging.shutdown()
+            os._exit(0)
+
+    threading.Thread(target=wait, name="desfs-signals", daemon=True).start()
+
+
 def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> int:
     """Mount `url` (None: the whole account) and serve in this process until unmounted;
     report readiness or failure on `ready_fd`."""
     from desfs.client import Client
     from desfs.fuse_ops import DesfsOperations, run
     from desfs.tree import Tree, TreeSettings
+
+    _hold_stop_signals()
+    finished = threading.Event()
+    serving: list[DesfsOperations] = []
+    _stop_on_signals(lambda: serving[0].mountpoint if serving and serving[0].started else None, finished)
 
     def report(line: str) -> None:
         if ready_fd is not None:
@@ -273,6 +317,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
         raise
     ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), getattr(args, "on_ready", lambda: None)()),
                           mountpoint=mountpoint)
+    serving.append(ops)
     log.info("mounting %s on %s (pid %d)", source, mountpoint, os.getpid())
     log_file = getattr(args, "log_file", None)
     logged = os.path.getsize(log_file) if log_file and os.path.exists(log_file) else 0
@@ -285,6 +330,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
             report(f"error: FUSE could not mount {mountpoint}{why}")
             raise MountError(f"FUSE could not mount {mountpoint}{why} ({exc})") from None
         log.debug("FUSE loop ended with code %s", exc)  # libfuse 3 ends so after a Ctrl-C or SIGTERM too
+    finished.set()
     log.info("unmounted %s", mountpoint)
     return 0
 
@@ -407,6 +453,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from desfs.sample import MTIME, make_sample
     from desfs.server import DesServer
 
+    _hold_stop_signals()  # before the server's threads start: the mount's signal thread takes them
     workdir = tempfile.mkdtemp(prefix="desfs-demo-")
     mountpoint = args.mountpoint or os.path.join(workdir, "mnt")
     if args.mountpoint is None:

@@ -240,10 +240,17 @@ def raise_kernel_readahead(mountpoint: str) -> int | None:
     return KERNEL_READAHEAD_KB
 
 
+FUSE_THREADS = 128  # libfuse 3's worker threads at most (its default, 10, lets a few hung reads freeze the mount)
+
+
 def run(operations: DesfsOperations, mountpoint: str, options: dict) -> None:
     """Serve the mount in this thread until it is unmounted (or Ctrl-C)."""
     logging.getLogger("fuse").setLevel(logging.INFO)  # mfusepy logs a traceback for every ENOENT at DEBUG
-    if fuse_version_major >= 3:  # libfuse 3.14 warns on stderr at every mount unless this is given
-        options = {"max_idle_threads": 10, **options}
+    if fuse_version_major >= 3:
+        # Each FUSE request holds a worker thread until desfs answers it: a read waiting on a slow
+        # server holds one for up to its deadline. Enough threads that such reads cannot starve
+        # ls and stat of other files; only busy ones exist (libfuse 3.14 also warns on stderr at
+        # every mount unless max_idle_threads is given).
+        options = {"max_idle_threads": 10, "max_threads": FUSE_THREADS, **options}
     _FUSE(operations, mountpoint, raw_fi=True, foreground=True, **options)
 

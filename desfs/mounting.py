@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 FSTYPE = "fuse.desfs"
@@ -75,32 +76,66 @@ def check_mountpoint(path: str) -> str:
     return target
 
 
-def is_live(path: str) -> bool:
+PROBE_SECONDS = 2.0  # how long `desfs umount` lets a mount answer a stat before calling it hung
+
+
+def _start_probe(path: str) -> subprocess.Popen:
+    """A child process that looks up a name in `path`: exit 3 when its FUSE process is gone (ENOTCONN).
+
+    The stat runs in a child because a stat of a mount whose process hangs would
+    hang this process (in D state) too; a child that takes too long is killed (a
+    fatal signal ends a wait on a FUSE answer)."""
+    code = ("import os,sys\ntry: os.stat(sys.argv[1])\n"
+            "except OSError as e: sys.exit(3 if e.errno in (%d, %d) else 0)" % (errno.ENOTCONN, errno.ECONNABORTED))
+    # a name nobody has looked up: the kernel cannot answer from its caches, the mount's process must
+    missing = os.path.join(path, f".desfs-probe-{os.urandom(8).hex()}")
+    return subprocess.Popen([sys.executable, "-S", "-c", code, missing], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _probe_result(child: subprocess.Popen, timeout: float = PROBE_SECONDS) -> str:
+    """'live', 'dead' (its process is gone) or 'hung' (no answer within `timeout`)."""
     try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED)  # the FUSE process is gone
-    return True
+        return "dead" if child.wait(timeout) == 3 else "live"
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(5)
+        return "hung"
 
 
 def unmount(path: str) -> str:
-    """Unmount the desfs mount at `path`; returns what was done, or raises MountError."""
+    """Unmount the desfs mount at `path`; returns what was done, or raises MountError.
+
+    Never hangs: the mount itself is never looked at from this process (a hung
+    mount would hold it); whether it answers is probed first in a child given
+    PROBE_SECONDS. A mount that is dead or hung and still held by a program is
+    detached lazily; a live one that is busy is left mounted ("busy")."""
     info = find_mount(path)
     if info is None:
         raise MountError(f"{path} is not mounted")
     if info.fstype != FSTYPE:
         raise MountError(f"{path} is not a desfs mount (it is {info.fstype})")
-    dead = not is_live(info.mountpoint)
+    state = _probe_result(_start_probe(info.mountpoint))
     result = _fusermount(["-u", info.mountpoint])
     if result.returncode == 0:
-        return "cleaned up dead mount" if dead else "unmounted"
+        return {"live": "unmounted", "dead": "cleaned up dead mount",
+                "hung": "unmounted (it was not answering)"}[state]
     message = (result.stderr or result.stdout).strip()
     if "busy" in message.lower():
-        if dead:
-            if _fusermount(["-uz", info.mountpoint]).returncode == 0:
+        if state != "live" and _fusermount(["-uz", info.mountpoint]).returncode == 0:
+            if state == "dead":
                 return "cleaned up dead mount (lazily: a process still had it open)"
+            return "unmounted lazily: it was not answering and a process still had it open"
         raise MountError(f"{path} is busy: a process is using it (see: fuser -vm {path})")
     raise MountError(f"cannot unmount {path}: {message.splitlines()[-1] if message else 'fusermount failed'}")
+
+
+def detach(mountpoint: str) -> None:
+    """Unmount `mountpoint` for the process serving it (on a stop signal): lazily when busy."""
+    if _fusermount(["-u", mountpoint]).returncode != 0:
+        result = _fusermount(["-uz", mountpoint])
+        if result.returncode != 0:
+            raise MountError((result.stderr or result.stdout).strip() or "fusermount failed")
 
 
 def lazy_unmount(path: str) -> None:
@@ -112,4 +147,4 @@ def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise MountError("fusermount3 not found: install the 'fuse3' package")
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=30)

@@ -42,11 +42,19 @@ class ApiHandler(BaseHTTPRequestHandler):
             form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with api.lock:
             api.calls.append((self.command, path))
-            down = api.down
+            down, delay, redirect = api.down, api.delay, api.redirect_login
         if down:
             return self.reply(503, {"status": "error", "message": "down"})
+        if path == PREFIX + "/login" and self.command == "POST" and redirect:
+            self.send_response(307)
+            self.send_header("Location", redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if path == PREFIX + "/login" and self.command == "POST":
             return self.login(form)
+        if delay:
+            time.sleep(delay)
         if path == PREFIX + "/logout":
             api.logouts += 1
             return self.reply(200, {"status": "ok"})
@@ -99,6 +107,8 @@ class FakeApi(ThreadingHTTPServer):
         self.auth_seen: list[str] = []  # the Authorization header of every authenticated call
         self.logins = self.logouts = 0
         self.down = False
+        self.delay = 0.0  # seconds every call but the login waits before answering (a slow API)
+        self.redirect_login: str | None = None  # answer the login with a 307 to this URL
         self.lock = threading.Lock()
 
     @property

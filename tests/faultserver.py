@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from desfs.server import DesHandler, DesServer, parse_ranges
 
 STALL_MAX_SECONDS = 20.0  # a stalled answer always ends, so no test thread lingers
+DRIP_MAX_SECONDS = 60.0  # likewise a dripping one
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Faults:
     random_fail: float = 0.0  # share of requests answered 503 (seeded, repeatable)
     random_cut: float = 0.0  # share of file bodies cut in half
     redirect: dict[str, str] = field(default_factory=dict)  # decoded path → Location of a 302
+    drip_seconds: float = 0.0  # answer, then send the body one byte every this many seconds (never quite stalling)
+    gzip_body: bool = False  # file answers gzip-compressed, with Content-Encoding: gzip (asked for or not)
+    bad_length: str | None = None  # the Content-Length header of file answers (HEAD) replaced by this
 
 
 PATTERN = bytes(range(251))  # a made-up file's byte i is PATTERN[i % 251]
@@ -89,6 +93,8 @@ class FaultHandler(DesHandler):
         if path in f.virtual:
             self.server.record(self)
             return self.send_virtual(f.virtual[path], head)
+        if hit and (f.drip_seconds or f.gzip_body) and not head and self.send_altered(path, f):
+            return None
         if hit and f.ignore_range and "Range" in self.headers:
             del self.headers["Range"]
         return super().handle_request(head)
@@ -109,8 +115,61 @@ class FaultHandler(DesHandler):
             for offset in range(start, stop, 1 << 20):
                 self.wfile.write(pattern_bytes(offset, min(stop, offset + (1 << 20))))
 
+    def send_altered(self, path: str, f: Faults) -> bool:
+        """The answer a normal request for a file or a listing would get, dripped out a byte at a time,
+        or gzipped; False (nothing sent) for anything else."""
+        import gzip
+        import io
+        import os
+
+        rel = path[len("/files-desaccess/"):]
+        fs_path = os.path.join(self.server.root, "files-desaccess", rel)
+        listing = path.endswith("/json") and os.path.isdir(fs_path[: -len("json")])
+        if listing:
+            fs_path = fs_path[: -len("json")]
+        if not (listing or os.path.isfile(fs_path)):
+            return False
+        self.server.record(self)
+        if listing:
+            from desfs.server import listing_json
+
+            status, headers, body = 200, {"Content-Type": "application/json"}, listing_json(fs_path)
+        else:
+            data = open(fs_path, "rb").read()
+            ranges = parse_ranges(self.headers["Range"], len(data)) if "Range" in self.headers else None
+            a, b = ranges[0] if ranges else (0, len(data))
+            status, body = (206 if ranges else 200), data[a:b]
+            headers = {"Last-Modified": self.date_time_string(int(os.stat(fs_path).st_mtime))}
+            if ranges:
+                headers["Content-Range"] = f"bytes {a}-{b - 1}/{len(data)}"
+        if f.gzip_body:
+            buf = io.BytesIO()
+            with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as z:
+                z.write(body)
+            body, headers["Content-Encoding"] = buf.getvalue(), "gzip"
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not f.drip_seconds:
+            self.wfile.write(body)
+            return True
+        self.close_connection = True
+        ends = time.monotonic() + DRIP_MAX_SECONDS
+        for i in range(len(body)):
+            if time.monotonic() > ends or self.server.faults is not f:  # a reset() ends the drips too
+                break
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            time.sleep(f.drip_seconds)
+        return True
+
     def send_header(self, keyword, value):
         f = self.server.faults
+        if (keyword == "Content-Length" and f.bad_length is not None and self.command == "HEAD"
+                and self.server.matches(self.path_decoded())):
+            value = f.bad_length
         if keyword == "Content-Range" and f.shift_content_range and value.startswith("bytes ") and "*" not in value:
             span, total = value[6:].split("/")
             a, b = (int(x) for x in span.split("-"))
