@@ -256,10 +256,11 @@ def test_a_wait_for_another_threads_load_is_bounded():
     from desfs.cache import LoadingCache
 
     cache = LoadingCache(10, 60, patience=0.3)
-    release = threading.Event()
-    loader = threading.Thread(target=cache.get, args=("k", lambda: release.wait(10) or "v"), daemon=True)
+    loading, release = threading.Event(), threading.Event()
+    load = lambda: (loading.set(), release.wait(10), "v")[2]  # noqa: E731
+    loader = threading.Thread(target=cache.get, args=("k", load), daemon=True)
     loader.start()
-    wait_for(lambda: not cache.claim("k"))  # the load is under way
+    assert loading.wait(5)  # the load is under way
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         cache.get("k", lambda: "never called")
