@@ -1,0 +1,146 @@
+"""Deadlines and boundaries: nothing outside the served tree is served, secrets stay private,
+mount points are taken by one mount at a time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from desfs.mounting import find_mount, lazy_unmount
+from desfs.sample import make_sample
+from desfs.server import DesServer
+
+from conftest import DESFS
+
+PASSWD_LINE = b"root:x:0:0:"  # /etc/passwd's first line: never in an answer
+
+
+def raw_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    """(status, whole answer) of a request sent as written: no client normalizes the path."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def port_of(base_url: str) -> int:
+    return int(base_url.split(":")[2].split("/")[0])
+
+
+# -- the DES-like server serves its tree and nothing else -----------------------------
+
+JOB = "/files-desaccess/{user}/cutout/{job}"
+ESCAPES = [
+    "//etc/passwd",
+    "/files-desaccess//etc/passwd",
+    "/files-desaccess/%2Fetc%2Fpasswd",
+    "/files-desaccess/%2fetc/passwd",
+    "/files-desaccess///etc/ssh/json",
+    "/files-desaccess/../../etc/passwd",
+    "/../etc/passwd",
+    "/files-desaccess/%2e%2e/%2e%2e/etc/passwd",
+    "/files-desaccess/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+    "/files-desaccess/{user}/cutout/..%2F..%2F..%2Fetc/passwd",
+    JOB + "/..%2f..%2f..%2f..%2f..%2f..%2f..%2f..%2fetc/passwd",
+    JOB + "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    JOB + "/summary.json%00",
+]
+# paths with dot segments and doubled slashes that stay inside: served as nginx serves them
+INSIDE = [
+    JOB + "//summary.json",
+    JOB + "/./summary.json",
+    JOB + "/DES0305-3415/../summary.json",
+    "/files-desaccess/{user}/cutout/%2e%2e/cutout/{job}/summary.json",
+    "/files-desaccess/{user}//cutout/{job}/json",
+    JOB + "/.",
+    JOB + "/..",
+]
+
+
+@pytest.fixture(scope="module")
+def plain_server(sample):
+    """desfs.server.DesServer itself (the demo's), not the fault server that subclasses it."""
+    server = DesServer(sample.root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["DesServer", "FaultServer"])
+def any_server(request, plain_server, server):
+    return plain_server if request.param == "DesServer" else server
+
+
+@pytest.mark.parametrize("path", ESCAPES)
+def test_server_serves_nothing_outside_its_tree(any_server, sample, path):
+    path = path.format(user=sample.user, job=sample.cutout_job)
+    status, answer = raw_get(any_server.server_address[1], path)
+    assert status in (400, 404), (path, answer[:300])
+    assert PASSWD_LINE not in answer
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("path", ESCAPES + INSIDE)
+def test_escapes_answer_as_nginx_does(nginx, plain_server, sample, path):
+    path = path.format(user=sample.user, job=sample.cutout_job)
+    ours, _ = raw_get(plain_server.server_address[1], path)
+    theirs, _ = raw_get(nginx.port, path)
+    assert ours == theirs, path
+
+
+def test_symlinks_out_of_the_tree_are_not_followed(tmp_path):
+    """nginx follows symlinks by default (disable_symlinks off); the demo's server does not leave its tree."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"a secret of the machine\n")
+    s = make_sample(str(tmp_path / "root"), user="astrobuff", image_size=8, query_rows=10)
+    job = os.path.join(s.root, "files-desaccess", s.user, "cutout", s.cutout_job)
+    os.symlink(outside / "secret.txt", os.path.join(job, "abs.txt"))
+    os.symlink("../../../../../outside/secret.txt", os.path.join(job, "rel.txt"))
+    os.symlink(outside, os.path.join(job, "dir"))
+    os.symlink("summary.json", os.path.join(job, "inside.json"))  # within the tree: served
+    server = DesServer(s.root).start()
+    try:
+        port, base = server.server_address[1], f"/files-desaccess/{s.user}/cutout/{s.cutout_job}"
+        for path in ("/abs.txt", "/rel.txt", "/dir/secret.txt", "/dir/", "/dir/json", "/dir"):
+            status, answer = raw_get(port, base + path)
+            assert status == 404, (path, answer[:300])
+            assert b"secret" not in answer
+        status, answer = raw_get(port, base + "/inside.json")
+        assert status == 200 and answer.endswith(open(os.path.join(job, "summary.json"), "rb").read())
+        status, listing = raw_get(port, base + "/json")
+        assert status == 200
+        for name in ("abs.txt", "rel.txt", "dir"):  # listed as a broken link would be, without the target's size
+            assert re.search(rb'"name":"%s", "type":"other"' % name.encode(), listing), listing
+    finally:
+        server.stop()
+
+
+@pytest.mark.mount
+def test_demo_server_serves_nothing_outside_its_tree(tmp_path, kill_after):
+    mnt = tmp_path / "demo"
+    mnt.mkdir()
+    proc = subprocess.Popen([*DESFS, "demo", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_after(proc)
+    try:
+        told = proc.stdout.readline() + proc.stdout.readline()
+        found = re.search(r"file server at (http://\S+/files-desaccess/)", told)
+        assert found, told + proc.stderr.read()
+        port = port_of(found[1])
+        for path in ("//etc/passwd", "/files-desaccess//etc/passwd", "/files-desaccess/%2Fetc%2Fshadow",
+                     "/files-desaccess/%2e%2e/%2e%2e/etc/passwd"):
+            status, answer = raw_get(port, path)
+            assert status in (400, 404) and PASSWD_LINE not in answer, (path, answer[:300])
+        assert raw_get(port, "//etc/passwd")[0] == 404
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if find_mount(str(mnt)):
+            lazy_unmount(str(mnt))
