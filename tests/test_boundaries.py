@@ -8,7 +8,7 @@ import re
 import signal
 import socket
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +16,8 @@ from desfs.mounting import find_mount, lazy_unmount
 from desfs.sample import make_sample
 from desfs.server import DesServer
 
-from conftest import DESFS
+from conftest import DESFS, run_desfs
+from fakeapi import FakeApi
 
 PASSWD_LINE = b"root:x:0:0:"  # /etc/passwd's first line: never in an answer
 
@@ -144,3 +145,63 @@ def test_demo_server_serves_nothing_outside_its_tree(tmp_path, kill_after):
     finally:
         if find_mount(str(mnt)):
             lazy_unmount(str(mnt))
+
+
+# -- credentials: a ~/.netrc that others can read is not used --------------------------
+
+USER, PASSWORD = "astrobuff", "s3cret-Pa55word"
+
+
+@pytest.fixture
+def api(sample):
+    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
+             "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
+             "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []}]
+    server = FakeApi({USER: PASSWORD}, {USER: jobs}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home_env(tmp_path):
+    """An environment with its own HOME and no DESACCESS_* variables."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESACCESS_")}
+    env["HOME"] = str(home)
+    return env
+
+
+def write_netrc(home, mode: int, password: str = PASSWORD):
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {USER} password {password}\n")
+    netrc.chmod(mode)
+    return netrc
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=["644", "640", "604"])
+def test_netrc_open_to_others_is_refused_with_the_fix(api, server, home_env, mode):
+    write_netrc(Path(home_env["HOME"]), mode)
+    r = run_desfs("jobs", "--api-url", api.url, "--files-url", server.base_url, "--retries", "0", env=home_env)
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "chmod 600 ~/.netrc" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert PASSWORD not in r.stderr + r.stdout
+    assert api.logins == 0  # the password of an open netrc was not sent anywhere
+
+
+def test_other_sources_still_apply_after_an_open_netrc(api, server, home_env):
+    write_netrc(Path(home_env["HOME"]), 0o644, password="not-this-one")
+    home_env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+    r = run_desfs("jobs", "--api-url", api.url, "--files-url", server.base_url, "--retries", "0", env=home_env)
+    assert r.returncode == 0, r.stderr
+    assert "my cutouts" in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "chmod 600 ~/.netrc" in lines[0], r.stderr
+    assert "not-this-one" not in r.stderr
+
+
+def test_private_netrc_is_used(api, server, home_env):
+    write_netrc(Path(home_env["HOME"]), 0o600)
+    r = run_desfs("jobs", "--api-url", api.url, "--files-url", server.base_url, "--retries", "0", env=home_env)
+    assert r.returncode == 0 and "my cutouts" in r.stdout and r.stderr == "", r.stderr
