@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import NoCredentials
-from desfs.mounting import MountError, check_mountpoint, unmount
+from desfs.mounting import MountError, MountpointLock, check_mountpoint, unmount
 
 log = logging.getLogger("desfs")
 
@@ -244,7 +244,10 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     from desfs.fuse_ops import DesfsOperations, run
     from desfs.tree import Tree, TreeSettings
 
+    lock = MountpointLock()  # from the check until the mount is live or failed: one mount per mount point
+
     def report(line: str) -> None:
+        lock.release()  # the mount is live, or has failed
         if ready_fd is not None:
             try:
                 os.write(ready_fd, (line + "\n").encode())
@@ -253,7 +256,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
                 pass
 
     try:
-        mountpoint = check_mountpoint(args.mountpoint)
+        mountpoint = lock.claim(args.mountpoint)
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
                                 readahead_max=args.readahead, readahead_workers=args.connections)
         if url is None:

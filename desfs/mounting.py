@@ -7,12 +7,16 @@ or FUSE callbacks. Failures are MountError with a one-line message for the user.
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
+import logging
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 FSTYPE = "fuse.desfs"
+log = logging.getLogger(__name__)
 
 
 class MountError(Exception):
@@ -43,10 +47,14 @@ def mounts() -> list[MountInfo]:
 
 
 def absolute(path: str) -> str:
-    """Absolute path with symlinks resolved, without touching the (maybe dead) last component."""
+    """Absolute path with every symlink resolved (a mount is made on, and listed at, the real path);
+    a path that is a mount point already is not looked at (its desfs may be dead or stalled)."""
     path = os.path.abspath(os.path.expanduser(path))
     head, tail = os.path.split(path)
-    return os.path.join(os.path.realpath(head), tail)
+    joined = os.path.join(os.path.realpath(head), tail)
+    if any(m.mountpoint == joined for m in mounts()):
+        return joined
+    return os.path.realpath(joined)
 
 
 def find_mount(path: str) -> MountInfo | None:
@@ -73,6 +81,52 @@ def check_mountpoint(path: str) -> str:
     if not os.access(target, os.W_OK) and os.getuid() != 0:
         raise MountError(f"mount point {path}: permission denied")
     return target
+
+
+class MountpointLock:
+    """One mount at a time per mount point: an exclusive lock on a private file named after the mount
+    point's real path, taken before the mount point is checked and released once the mount is live
+    or has failed (by the kernel, too, when the process ends)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def claim(self, path: str) -> str:
+        """The checked mount point, locked; MountError if another desfs is mounting there or it is unfit."""
+        target = absolute(path)
+        try:
+            folder = _lock_folder()
+            name = hashlib.sha256(os.fsencode(target)).hexdigest()[:32] + ".lock"
+            fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # no private folder for locks: mount unlocked rather than not at all
+            log.warning("no lock for mount point %s (%s): not guarded against a second mount", target, exc)
+            return check_mountpoint(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MountError(f"{path}: another desfs is mounting on it right now") from None
+        self._fd = fd
+        try:
+            return check_mountpoint(path)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_folder() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        folder = os.path.join(runtime, "desfs")
+    else:
+        folder = os.path.join(os.path.expanduser("~"), ".cache", "desfs", "locks")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
 
 
 def is_live(path: str) -> bool:

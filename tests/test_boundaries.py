@@ -8,13 +8,15 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from desfs.mounting import find_mount, lazy_unmount
+from desfs.mounting import find_mount, lazy_unmount, mounts
 from desfs.sample import make_sample
-from desfs.server import DesServer
+from desfs.server import DesHandler, DesServer
 
 from conftest import DESFS, run_desfs
 from fakeapi import FakeApi
@@ -205,3 +207,92 @@ def test_private_netrc_is_used(api, server, home_env):
     write_netrc(Path(home_env["HOME"]), 0o600)
     r = run_desfs("jobs", "--api-url", api.url, "--files-url", server.base_url, "--retries", "0", env=home_env)
     assert r.returncode == 0 and "my cutouts" in r.stdout and r.stderr == "", r.stderr
+
+
+# -- one mount at a time per mount point; mount points resolved through symlinks -------------
+
+
+class SlowListingHandler(DesHandler):
+    """Listings answered after half a second: every mount attempt spends that long between its
+    check of the mount point and the mount itself."""
+
+    def handle_request(self, head: bool) -> None:
+        if urlsplit(self.path).path.endswith("/json"):
+            time.sleep(0.5)
+        super().handle_request(head)
+
+
+@pytest.fixture
+def slow_server(sample):
+    server = DesServer(sample.root, handler=SlowListingHandler).start()
+    yield server
+    server.stop()
+
+
+def mounts_at(path) -> int:
+    return sum(1 for m in mounts() if m.mountpoint == str(path))
+
+
+@pytest.fixture
+def unmount_all():
+    """Paths registered here are unmounted at teardown, however many mounts are stacked on them."""
+    paths = []
+    yield paths.append
+    for p in paths:
+        for _ in range(10):
+            if not find_mount(str(p)):
+                break
+            if run_desfs("umount", str(p)).returncode != 0:
+                lazy_unmount(str(p))
+
+
+def test_concurrent_mounts_on_one_folder_make_one_mount(tmp_path, slow_server, sample, unmount_all):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    unmount_all(mnt)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["HOME"] = str(tmp_path / "home")
+    url = sample.url(slow_server.base_url)
+    procs = [subprocess.Popen([*DESFS, "mount", url, str(mnt), "--log-file", str(tmp_path / f"{i}.log")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(5)]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert mounts_at(mnt) == 1, results
+    assert sorted(code for code, _ in results) == [0, 1, 1, 1, 1], results
+    for code, err in results:
+        if code == 1:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in err, err
+            assert "mounting on it right now" in lines[0] or "already a mount point" in lines[0], lines[0]
+    assert (mnt / "summary.json").read_bytes() == open(os.path.join(sample.cutout_dir, "summary.json"), "rb").read()
+    locks = tmp_path / "home" / ".cache" / "desfs" / "locks"
+    assert os.stat(locks).st_mode & 0o777 == 0o700
+    assert [os.stat(f).st_mode & 0o777 for f in locks.iterdir()] == [0o600]
+    r = run_desfs("umount", str(mnt))
+    assert r.returncode == 0 and not find_mount(str(mnt)), r.stderr
+
+
+def test_mount_and_umount_through_a_symlink(tmp_path, server, sample, unmount_all):
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    unmount_all(target)
+    url = sample.url(server.base_url)
+    for unmount_by in (link, target):
+        r = run_desfs("mount", url, str(link), "--log-file", str(tmp_path / "log"))
+        assert r.returncode == 0, r.stderr
+        assert mounts_at(target) == 1 and find_mount(str(link)) == find_mount(str(target))
+        assert "summary.json" in os.listdir(link)
+        r = run_desfs("mount", url, str(target), "--log-file", str(tmp_path / "log"))
+        assert r.returncode == 1 and "already a mount point" in r.stderr, r.stderr
+        r = run_desfs("umount", str(unmount_by))
+        assert r.returncode == 0, (unmount_by, r.stderr)
+        assert mounts_at(target) == 0
+    r = run_desfs("mount", url, str(target), "--log-file", str(tmp_path / "log"))
+    assert r.returncode == 0, r.stderr
+    r = run_desfs("umount", str(link))
+    assert r.returncode == 0 and mounts_at(target) == 0, r.stderr
