@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import NoCredentials
-from desfs.mounting import MountError, MountpointLock, check_mountpoint, unmount
+from desfs.mounting import MountError, MountpointLock, check_mountpoint, forbid_core_dumps, unmount
 
 log = logging.getLogger("desfs")
 
@@ -244,6 +244,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     from desfs.fuse_ops import DesfsOperations, run
     from desfs.tree import Tree, TreeSettings
 
+    forbid_core_dumps()  # the serving process holds the password and tokens: no core file, no /proc/<pid>/mem
     lock = MountpointLock()  # from the check until the mount is live or failed: one mount per mount point
 
     def report(line: str) -> None:

@@ -6,6 +6,7 @@ or FUSE callbacks. Failures are MountError with a one-line message for the user.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -13,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 FSTYPE = "fuse.desfs"
@@ -127,6 +129,21 @@ def _lock_folder() -> str:
         folder = os.path.join(os.path.expanduser("~"), ".cache", "desfs", "locks")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     return folder
+
+
+PR_SET_DUMPABLE = 4  # linux/prctl.h
+
+
+def forbid_core_dumps() -> bool:
+    """Make this process non-dumpable (Linux; a no-op elsewhere): no core file of it, no ptrace or
+    /proc/<pid>/mem, environ or maps for its user, only for root: the password and tokens a mount
+    holds stay in its memory. True when it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def is_live(path: str) -> bool:

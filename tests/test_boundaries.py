@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -296,3 +297,36 @@ def test_mount_and_umount_through_a_symlink(tmp_path, server, sample, unmount_al
     assert r.returncode == 0, r.stderr
     r = run_desfs("umount", str(link))
     assert r.returncode == 0 and mounts_at(target) == 0, r.stderr
+
+
+# -- the process serving a mount cannot be dumped ------------------------------------------
+
+
+def test_serving_process_is_not_dumpable(tmp_path, api, server, home_env, unmount_all):
+    """A non-dumpable process's /proc/<pid> files belong to root:root whatever its ids (a dumpable
+    one's to its euid:egid): run desfs under a group other than root's (as a user when the tests
+    are not root), so that only prctl(PR_SET_DUMPABLE, 0) makes them root:root."""
+    if os.getuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv (util-linux) is needed to run desfs under another group")
+        prefix = ["setpriv", "--regid=nogroup", "--clear-groups"]  # same uid (root may mount), other gid
+    else:
+        prefix = []
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    unmount_all(mnt)
+    home_env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+    log = tmp_path / "mount.log"
+    r = subprocess.run([*prefix, *DESFS, "mount", str(mnt), "--api-url", api.url, "--files-url", server.base_url,
+                        "--log-file", str(log)], capture_output=True, text=True, timeout=120, env=home_env)
+    assert r.returncode == 0, r.stderr + log.read_text()
+    assert find_mount(str(mnt))  # live (only its own uid and gid may look inside without allow_other)
+    pid = int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
+    ids = {line.split(":")[0]: line.split()[1:3] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+           if line.startswith(("Uid:", "Gid:"))}
+    assert ids["Uid"] != ["0", "0"] or ids["Gid"] != ["0", "0"], ids  # a dumpable process would show its ids
+    for name in ("environ", "mem", "maps"):
+        st = os.stat(f"/proc/{pid}/{name}")
+        assert (st.st_uid, st.st_gid) == (0, 0), (name, st.st_uid, st.st_gid, ids)
+    r = run_desfs("umount", str(mnt))
+    assert r.returncode == 0 and not find_mount(str(mnt)), r.stderr
