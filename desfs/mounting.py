@@ -49,14 +49,20 @@ def mounts() -> list[MountInfo]:
 
 
 def absolute(path: str) -> str:
-    """Absolute path with every symlink resolved (a mount is made on, and listed at, the real path);
-    a path that is a mount point already is not looked at (its desfs may be dead or stalled)."""
+    """Absolute path with every symlink resolved (a mount is made on, and listed at, the real path).
+    Symlinks are followed one at a time and a mount point is never looked at: its desfs may be
+    dead or stopped, and a stat of it would fail or wait for it."""
     path = os.path.abspath(os.path.expanduser(path))
-    head, tail = os.path.split(path)
-    joined = os.path.join(os.path.realpath(head), tail)
-    if any(m.mountpoint == joined for m in mounts()):
-        return joined
-    return os.path.realpath(joined)
+    points = {m.mountpoint for m in mounts()}
+    for _ in range(40):  # as many links as the kernel follows
+        head, tail = os.path.split(path)
+        path = os.path.join(os.path.realpath(head), tail)
+        if tail in ("", ".", ".."):
+            return os.path.realpath(path)
+        if path in points or not os.path.islink(path):
+            return path
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return path
 
 
 def find_mount(path: str) -> MountInfo | None:

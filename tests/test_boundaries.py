@@ -330,3 +330,26 @@ def test_serving_process_is_not_dumpable(tmp_path, api, server, home_env, unmoun
         assert (st.st_uid, st.st_gid) == (0, 0), (name, st.st_uid, st.st_gid, ids)
     r = run_desfs("umount", str(mnt))
     assert r.returncode == 0 and not find_mount(str(mnt)), r.stderr
+
+
+def test_symlink_to_a_stopped_mount_resolves_without_waiting(tmp_path, server, sample, unmount_all):
+    """Resolving a symlink to a mount point never stats the mount point: its desfs may be stopped."""
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    unmount_all(target)
+    log = tmp_path / "log"
+    r = run_desfs("mount", sample.url(server.base_url), str(link), "--log-file", str(log), "--listing-ttl", "1")
+    assert r.returncode == 0, r.stderr
+    pid = int(re.search(r"\(pid (\d+)\)", log.read_text())[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past the kernel's attribute timeout of the mount's root: a stat would wait for desfs
+        code = "import sys; from desfs.mounting import find_mount; print(find_mount(sys.argv[1]).mountpoint)"
+        try:
+            r = subprocess.run([DESFS[0], "-c", code, str(link)], capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("resolving the symlink waited for the stopped desfs")
+        assert r.stdout.strip() == str(target), r.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
