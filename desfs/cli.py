@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import NoCredentials
-from desfs.mounting import MountError, check_mountpoint, detach, unmount
+from desfs.mounting import MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, unmount
 
 log = logging.getLogger("desfs")
 
@@ -287,8 +287,11 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     finished = threading.Event()
     serving: list[DesfsOperations] = []
     _stop_on_signals(lambda: serving[0].mountpoint if serving and serving[0].started else None, finished)
+    forbid_core_dumps()  # the serving process holds the password and tokens: no core file, no /proc/<pid>/mem
+    lock = MountpointLock()  # from the check until the mount is live or failed: one mount per mount point
 
     def report(line: str) -> None:
+        lock.release()  # the mount is live, or has failed
         if ready_fd is not None:
             try:
                 os.write(ready_fd, (line + "\n").encode())
@@ -297,7 +300,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
                 pass
 
     try:
-        mountpoint = check_mountpoint(args.mountpoint)
+        mountpoint = lock.claim(args.mountpoint)
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
                                 readahead_max=args.readahead, readahead_workers=args.connections,
                                 timeout=args.timeout, retries=args.retries)

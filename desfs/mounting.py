@@ -1,4 +1,5 @@
-"""Mount lifecycle: is a path mounted, can it be mounted on, and unmounting it.
+"""Mount lifecycle: is a path mounted, can it be mounted on (one mount at a time), and unmounting it;
+the serving process kept out of core dumps.
 
 Reads /proc/self/mountinfo and runs fusermount; knows nothing of HTTP, caches
 or FUSE callbacks. Failures are MountError with a one-line message for the user.
@@ -6,7 +7,11 @@ or FUSE callbacks. Failures are MountError with a one-line message for the user.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
+import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 FSTYPE = "fuse.desfs"
+log = logging.getLogger(__name__)
 
 
 class MountError(Exception):
@@ -44,10 +50,20 @@ def mounts() -> list[MountInfo]:
 
 
 def absolute(path: str) -> str:
-    """Absolute path with symlinks resolved, without touching the (maybe dead) last component."""
+    """Absolute path with every symlink resolved (a mount is made on, and listed at, the real path).
+    Symlinks are followed one at a time and a mount point is never looked at: its desfs may be
+    dead or stopped, and a stat of it would fail or wait for it."""
     path = os.path.abspath(os.path.expanduser(path))
-    head, tail = os.path.split(path)
-    return os.path.join(os.path.realpath(head), tail)
+    points = {m.mountpoint for m in mounts()}
+    for _ in range(40):  # as many links as the kernel follows
+        head, tail = os.path.split(path)
+        path = os.path.join(os.path.realpath(head), tail)
+        if tail in ("", ".", ".."):
+            return os.path.realpath(path)
+        if path in points or not os.path.islink(path):
+            return path
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return path
 
 
 def find_mount(path: str) -> MountInfo | None:
@@ -74,6 +90,70 @@ def check_mountpoint(path: str) -> str:
     if not os.access(target, os.W_OK) and os.getuid() != 0:
         raise MountError(f"mount point {path}: permission denied")
     return target
+
+
+class MountpointLock:
+    """One mount at a time per mount point: an exclusive lock on a private file named after the mount
+    point's real path, taken before the mount point is checked and released once the mount is live
+    or has failed (by the kernel, too, when the process ends)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def claim(self, path: str) -> str:
+        """The checked mount point, locked; MountError if another desfs is mounting there or it is unfit."""
+        target = absolute(path)
+        try:
+            folder = _lock_folder()
+            name = hashlib.sha256(os.fsencode(target)).hexdigest()[:32] + ".lock"
+            fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # no private folder for locks: mount unlocked rather than not at all
+            log.warning("no lock for mount point %s (%s): not guarded against a second mount", target, exc)
+            return check_mountpoint(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise MountError(f"{path}: another desfs is mounting on it right now") from None
+            log.warning("no lock for mount point %s (%s): not guarded against a second mount", target, exc)
+            return check_mountpoint(path)
+        self._fd = fd
+        try:
+            return check_mountpoint(path)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_folder() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        folder = os.path.join(runtime, "desfs")
+    else:
+        folder = os.path.join(os.path.expanduser("~"), ".cache", "desfs", "locks")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
+
+
+PR_SET_DUMPABLE = 4  # linux/prctl.h
+
+
+def forbid_core_dumps() -> bool:
+    """Make this process non-dumpable (Linux; a no-op elsewhere): no core file of it, no ptrace or
+    /proc/<pid>/mem, environ or maps for its user, only for root: the password and tokens a mount
+    holds stay in its memory. True when it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 PROBE_SECONDS = 2.0  # how long `desfs umount` lets a mount answer a stat before calling it hung

@@ -30,14 +30,17 @@ REQUEST_LOG_MAX = 100_000
 CHUNK = 256 * 1024
 
 
-def listing_json(folder: str) -> bytes:
-    """The folder's listing exactly as nginx's `autoindex_format json` writes it."""
+def listing_json(folder: str, inside=lambda path: True) -> bytes:
+    """The folder's listing exactly as nginx's `autoindex_format json` writes it; a symlink out of
+    the served tree (`inside` false) is listed as `other`, as a broken link is, never its target."""
     dirs, files = [], []
     with os.scandir(folder) as it:
         for d in it:
             if d.name.startswith("."):
                 continue
             try:
+                if d.is_symlink() and not inside(d.path):
+                    raise FileNotFoundError(d.path)
                 st = d.stat()
             except OSError:
                 (files).append((d.name, "other", 0, None))
@@ -71,6 +74,28 @@ def _escape_json(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def normalize_path(raw_path: str) -> str | None:
+    """The decoded path of a request as nginx resolves it before looking at the disk: %XX decoded
+    (`%2F` too), empty and `.` segments dropped, `..` taking the segment before it; a trailing `.` or
+    `..` leaves a trailing slash. None (nginx: 400) for a NUL or a `..` above the root."""
+    path = unquote(raw_path, errors="surrogateescape")
+    if "\0" in path or not path.startswith("/"):
+        return None
+    parts: list[str] = []
+    segments = path.split("/")[1:]
+    for segment in segments:
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(segment)
+    slash = "/" if parts and segments[-1] in ("", ".", "..") else ""
+    return "/" + "/".join(parts) + slash
 
 
 def etag_of(st: os.stat_result) -> str:
@@ -122,17 +147,23 @@ class DesHandler(BaseHTTPRequestHandler):
     def handle_request(self, head: bool) -> None:
         self.server.record(self)
         raw_path = urlsplit(self.path).path
-        path = unquote(raw_path, errors="surrogateescape")
-        if not path.startswith(PREFIX) or "/../" in path + "/" or "\0" in path:
+        path = normalize_path(raw_path)
+        if path is None:  # a NUL, or `..` above the root: nginx answers 400
+            return self.send_error_page(400)
+        if path != unquote(raw_path, errors="surrogateescape"):
+            raw_path = quote(path, safe="/", errors="surrogateescape")
+        if not path.startswith(PREFIX):
             return self.send_error_page(404)
         rel = path[len(PREFIX):]
         depth_ok = re.match(r"^.+/.+/.+/", rel) is not None
         if depth_ok and rel.endswith("/json") and re.match(r"^.+/.+/.+/json$", rel):
             folder = os.path.join(self.server.root, "files-desaccess", rel[: -len("json")])
-            if not os.path.isdir(folder):
+            if not os.path.isdir(folder) or not self.server.inside(folder):
                 return self.send_error_page(404)
-            return self.send_bytes(200, listing_json(folder), "application/json", head)
+            return self.send_bytes(200, listing_json(folder, self.server.inside), "application/json", head)
         fs_path = os.path.join(self.server.root, "files-desaccess", rel)
+        if not self.server.inside(fs_path):  # a symlink out of the served tree
+            return self.send_error_page(404)
         if path.endswith("/"):
             if not os.path.isdir(fs_path):
                 return self.send_error_page(404)
@@ -257,7 +288,8 @@ class DesHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_error_page(self, status: int, headers: dict[str, str] | None = None) -> None:
-        reason = {403: "Forbidden", 404: "Not Found", 416: "Requested Range Not Satisfiable"}.get(status, "Error")
+        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+                  416: "Requested Range Not Satisfiable"}.get(status, "Error")
         body = f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n" \
                f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
         self.send_bytes(status, body.encode(), "text/html", head=self.command == "HEAD", headers=headers)
@@ -297,6 +329,12 @@ class DesServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return  # a client that hangs up early (it had the bytes it wanted) is no fault
         super().handle_error(request, client_address)
+
+    def inside(self, fs_path: str) -> bool:
+        """Is `fs_path`, symlinks resolved, within the served tree? Nothing outside it is ever served."""
+        base = os.path.realpath(os.path.join(self.root, "files-desaccess"))
+        real = os.path.realpath(fs_path)
+        return real == base or real.startswith(base + os.sep)
 
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self._log_lock:
