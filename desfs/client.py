@@ -405,7 +405,9 @@ def _shut(sock: socket.socket) -> None:
 _watchdog = _Watchdog()
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+class _Watched:
+    """The part of a urllib3 connection that tells the watchdog which socket the current try uses."""
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _watchdog.attach(sock)
@@ -416,9 +418,12 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    _new_conn = _WatchedHTTPConnection._new_conn
-    request = _WatchedHTTPConnection.request
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
