@@ -2,7 +2,7 @@
 
 Wires credentials, the API client and the account tree; the parser and main
 are in cli.py. The password travels from the command to a background mount
-through a pipe: never in argv (the process title), the environment or a log.
+through a pipe (cli.handoff): never in argv (the process title), the environment or a log.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import re
 import sys
 from urllib.parse import quote
@@ -32,7 +31,6 @@ def add_account_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--database", metavar="NAME", help="database to sign in to (default: the site's)")
     g.add_argument("--api-url", metavar="URL", help="the DESaccess API of another deployment (…/desaccess/api)")
     g.add_argument("--files-url", metavar="URL", help="its file server (…/files-desaccess/)")
-    g.add_argument("--credentials-fd", type=int, help=argparse.SUPPRESS)
 
 
 def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -44,10 +42,9 @@ def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
-    if args.credentials_fd is not None:  # a background mount, from the command that started it
-        with os.fdopen(args.credentials_fd, "r", encoding="utf-8") as pipe:
-            user, _, password = pipe.read().partition("\n")
-        return Credentials(user, password.rstrip("\n"), "parent")
+    handed = getattr(args, "handed_credentials", None)  # a background mount's, from the command that started it
+    if handed is not None:
+        return handed
     return find_credentials(site_urls(args)[0], args.user)
 
 
