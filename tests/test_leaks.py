@@ -2,15 +2,21 @@
 stays out of process titles, the mount table and error messages; logs are private; hostile names
 from the server reach the terminal escaped; allow_other is warned about. Real CLI, real mounts."""
 
+import json
 import os
+import pty
+import select
+import signal
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from desfs.mounting import find_mount, lazy_unmount
 
-from conftest import free_port, run_desfs
+from conftest import DESFS, free_port, run_desfs
 from fakeapi import FakeApi
 
 pytestmark = pytest.mark.mount
@@ -165,3 +171,106 @@ def test_password_in_a_url_is_never_shown(tmp_path, mounted):
     debug = run_desfs("--debug", "ls", url, "--retries", "1")  # every request logged, and the traceback
     assert debug.returncode == 1 and "Traceback" in debug.stderr and URL_PASSWORD not in debug.stderr
     assert URL_PASSWORD not in (tmp_path / "m.log").read_text()
+
+
+# -- 6: hostile names on the terminal -----------------------------------------------------
+
+
+def on_terminal(argv: list[str], env: dict | None = None, timeout: float = 60) -> tuple[int, list[str]]:
+    """Run `argv` with a pseudo-terminal as its stdout; its exit code and output lines (as the
+    terminal received them)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(argv[0], argv, env if env is not None else os.environ)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # EIO: the program has exited and its terminal is closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode("utf-8", "surrogateescape")
+    for raw in RAW:
+        assert raw not in text, (raw, text)
+    return os.waitstatus_to_exitcode(status), text.split("\r\n")[:-1]  # the terminal turns \n into \r\n
+
+
+def hostile_listing(names: list[str]) -> bytes:
+    return json.dumps([{"name": n, "type": "file", "mtime": "Mon, 06 Jul 2020 15:21:35 GMT", "size": 3}
+                       for n in names]).encode()
+
+
+def test_ls_shows_hostile_names_escaped(server, sample):
+    names = [*HOSTILE_NAMES, "plain.fits", "with space.txt"]
+    server.faults.listing_body[f"/files-desaccess/{sample.user}/cutout/{sample.cutout_job}/json"] = \
+        hostile_listing(names)
+    url = sample.url(server.base_url)
+    code, lines = on_terminal([*DESFS, "ls", url])
+    assert code == 0 and lines == [*HOSTILE_SHOWN, "plain.fits", "'with space.txt'"], lines  # quoted as ls does
+    code, lines = on_terminal([*DESFS, "ls", "-l", url])
+    assert code == 0 and [line.split(maxsplit=5)[5] for line in lines] == [*HOSTILE_SHOWN, "plain.fits",
+                                                                            "'with space.txt'"], lines
+    piped = run_desfs("ls", url)  # not a terminal: ordinary names as they are, hostile ones still escaped
+    assert piped.returncode == 0 and piped.stdout.splitlines() == [*HOSTILE_SHOWN, "plain.fits", "with space.txt"]
+
+
+def hostile_jobs(sample) -> list[dict]:
+    done = {"job_status": "success", "job_time_complete": "2026-11-24 23:59:00", "expiration_date": "2026-12-08"}
+    names = {sample.cutout_job: HOSTILE_NAMES[0] + HOSTILE_NAMES[3], "1" * 32: HOSTILE_NAMES[4],
+             "2" * 32: HOSTILE_NAMES[5], "3" * 32: HOSTILE_NAMES[6] + "\x1b[2J"}
+    return [{"job_id": i, "job_type": "cutout", "job_name": n, **done} for i, n in names.items()]
+
+
+def test_jobs_shows_hostile_names_escaped(sample, env):
+    api = FakeApi({USER: PASSWORD}, {USER: hostile_jobs(sample)}).start()
+    try:
+        env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+        code, lines = on_terminal([*DESFS, "jobs", "--api-url", api.url, "--retries", "0"], env)
+        assert code == 0 and len(lines) == 5, lines
+        row = next(line for line in lines if sample.cutout_job in line)
+        assert "''$'\\033'']0;pwned'$'\\a''titletwo'$'\\n''lines'" in row, row  # title, BEL and newline escaped
+        assert HOSTILE_SHOWN[5] in "".join(lines) and HOSTILE_SHOWN[4] in "".join(lines)
+    finally:
+        api.stop()
+
+
+def test_by_name_links_of_hostile_job_names_are_clean(mount, server, sample, env):
+    api = FakeApi({USER: PASSWORD}, {USER: hostile_jobs(sample)}).start()
+    try:
+        env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+        m = mount(None, "--api-url", api.url, "--files-url", server.base_url, "--retries", "1", env=env)
+        links = os.listdir(m.path / "by-name")
+        assert len(links) == 4 and all(name.isprintable() for name in links), links
+        assert not any(raw in name for raw in RAW for name in links)
+        assert "evil_txt.exe" in links and "csi_31m" in links
+        link = next(name for name in links if "pwned" in name)
+        assert os.readlink(m.path / "by-name" / link) == f"../cutout/{sample.cutout_job}"
+        assert "summary.json" in os.listdir(m.path / "by-name" / link)
+    finally:
+        api.stop()
+
+
+def test_quoting_matches_gnu_ls(tmp_path):
+    """Names a terminal can show are quoted exactly as GNU ls's shell-escape style quotes them."""
+    from desfs.cli_account import shown
+
+    names = ["plain.txt", "with space.txt", "a\nb", "\x1b[31mred", "end\x1b", "don't", 'dq"x', "both'\"", "#hash",
+             "a#b", "~t", "a~", "{", "a{b}", "$x", "a=b", "a\\b", "ünïcødé ✓", "a,b", "\x7f", "\x01\x02", "tab\there",
+             "c1\x9bz", "line\u2028sep", "'", "[", "]", "-", "back`tick"]
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for n in names:
+        (folder / n).write_bytes(b"")
+    out = subprocess.run(["ls", "-1", "--quoting-style=shell-escape", str(folder)], capture_output=True,
+                         env={**os.environ, "LC_ALL": "C.UTF-8"}, check=True).stdout.decode()
+    assert sorted(out.splitlines()) == sorted(shown(n, terminal=True) for n in names)
