@@ -261,6 +261,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         url = take_handoff(args, _read_handoff(args.handoff_fd))
     else:
         url = mount_source(args)
+    if url is None and "allow_other" in _mount_options(args):
+        log.warning("-o allow_other: every local user can read every file of every job of this account "
+                    "through %s", args.mountpoint)
     if not args.foreground:
         return _mount_in_background(args, url)
     return _serve(args, url, ready_fd=args.ready_fd)

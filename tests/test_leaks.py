@@ -274,3 +274,37 @@ def test_quoting_matches_gnu_ls(tmp_path):
     out = subprocess.run(["ls", "-1", "--quoting-style=shell-escape", str(folder)], capture_output=True,
                          env={**os.environ, "LC_ALL": "C.UTF-8"}, check=True).stdout.decode()
     assert sorted(out.splitlines()) == sorted(shown(n, terminal=True) for n in names)
+
+
+# -- 12: allow_other ------------------------------------------------------------------------
+
+
+def test_allow_other_on_an_account_mount_is_warned_about(tmp_path, server, sample, env, mounted, kill_after):
+    api = FakeApi({USER: PASSWORD}, {USER: hostile_jobs(sample)[:1]}).start()
+    options = ["--api-url", api.url, "--files-url", server.base_url, "--retries", "1", "-o", "allow_other"]
+    env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+    try:
+        mnt, log = tmp_path / "m", tmp_path / "m.log"
+        mnt.mkdir()
+        mounted(mnt)
+        r = run_desfs("mount", str(mnt), *options, "--log-file", str(log), env=env)
+        assert r.returncode == 0, r.stderr
+        warning = "allow_other: every local user can read every file of every job"
+        assert warning in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert warning in log.read_text() and "WARNING" in log.read_text()
+        assert "allow_other" in mountinfo_line(mnt)[-1]
+        assert run_desfs("umount", str(mnt)).returncode == 0
+
+        proc = subprocess.Popen([*DESFS, "mount", "-f", str(mnt), *options], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env)
+        kill_after(proc)
+        said = b""
+        deadline = time.monotonic() + 30
+        while not (os.path.ismount(mnt) and b"\n" in said) and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 0.1)[0]:
+                said += os.read(proc.stderr.fileno(), 4096)
+        assert warning in said.decode().split("\n")[0], said
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        api.stop()
