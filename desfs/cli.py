@@ -184,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args)
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(redact(f"desfs {args.command}: {exc}"), file=sys.stderr)
+        print(printable(redact(f"desfs {args.command}: {exc}")), file=sys.stderr)
         return 2
     except (MountError, NoCredentials, OSError) as exc:
         if args.debug:
             log.exception("failed")
-        print(redact(f"desfs {args.command}: {exc}"), file=sys.stderr)
+        print(printable(redact(f"desfs {args.command}: {exc}")), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("desfs: interrupted", file=sys.stderr)
@@ -212,11 +212,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every unprintable character but those in `keep` escaped as Python does (\\x1b,
+    \\n, \\u202e): messages carry text from the server (an API's error message, a job id), which must
+    not drive the terminal that shows them, nor forge lines of a log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
 class _RedactingFormatter(logging.Formatter):
-    """Log lines (tracebacks too) with the user name and password of every URL hidden."""
+    """Log lines with the user name and password of every URL hidden, and unprintable characters
+    escaped: a message is one line; a traceback keeps its line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return redact(printable(super().format(record), keep="\n"))
 
 
 def open_log(path: str) -> int:

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from desfs.cli import source_url
+from desfs.cli import printable, source_url
 from desfs.cli_account import shown
 from desfs.tree import join
 
@@ -130,5 +130,5 @@ def get(args: argparse.Namespace) -> int:
           f"({rate:.1f} MB/s); {len(plan.up_to_date)} already up to date; {len(outcome.failed)} failed "
           f"-> {shown(dest, False)}", file=sys.stderr)
     for item, reason in outcome.failed:
-        print(f"desfs get: failed: {shown(item.remote.lstrip('/'), False)}: {reason}", file=sys.stderr)
+        print(f"desfs get: failed: {shown(item.remote.lstrip('/'), False)}: {printable(str(reason))}", file=sys.stderr)
     return 1 if outcome.failed else 0

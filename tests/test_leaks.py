@@ -260,6 +260,46 @@ def test_by_name_links_of_hostile_job_names_are_clean(mount, server, sample, env
         api.stop()
 
 
+class HostileMessages(FakeApi):
+    """The emulated API, answering its errors with a message that holds terminal controls."""
+
+    message = "no\x1b]0;pwned\x07 way\n2026-11-26 WARNING forged line \u202eevil\x9b2J"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        handler = self.RequestHandlerClass
+
+        self.fail_job_list = False
+
+        class Handler(handler):
+            def reply(self, status, body):
+                if body.get("status") == "error" or (self.server.fail_job_list and self.path.endswith("/job/list")):
+                    body = {"status": "error", "message": HostileMessages.message}
+                super().reply(status, body)
+
+        self.RequestHandlerClass = Handler
+
+
+def test_server_messages_are_escaped_in_errors_and_logs(tmp_path, server, sample, env, mount):
+    api = HostileMessages({USER: PASSWORD}, {USER: hostile_jobs(sample)[:1]}).start()
+    try:
+        env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD="wrong")
+        code, lines = on_terminal([*DESFS, "jobs", "--api-url", api.url, "--retries", "0"], env)
+        assert code == 1 and len(lines) == 1 and "refused" in lines[0] and "\\x1b]0;pwned" in lines[0], lines
+        env["DESACCESS_PASSWORD"] = PASSWORD
+        m = mount(None, "--api-url", api.url, "--files-url", server.base_url, "--jobs-ttl", "0.5", env=env)
+        api.fail_job_list = True  # from now on, with the hostile message
+        deadline = time.monotonic() + 20
+        while "keeping the last one" not in m.log_text() and time.monotonic() < deadline:
+            os.listdir(m.path / "cutout")
+            time.sleep(0.2)
+        log = m.log_text()
+        assert "forged line" in log and not any(raw in log for raw in RAW), log
+        assert not any(line.startswith("2026-11-26 WARNING forged") for line in log.splitlines())
+    finally:
+        api.stop()
+
+
 def test_quoting_matches_gnu_ls(tmp_path):
     """Names a terminal can show are quoted exactly as GNU ls's shell-escape style quotes them."""
     from desfs.cli_account import shown
