@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -313,8 +312,9 @@ class AccountTree:
 
 
 def safe_name(name: str) -> str:
-    """A job name as a file name: no '/', NUL or control characters, not '.' or '..', at most 200 bytes."""
-    cleaned = re.sub(r"[\x00-\x1f/\x7f]", "_", name).strip()
+    """A job name as a file name: no '/' and nothing unprintable (C0, DEL, C1, bidi overrides and other
+    format characters, line separators: '_' instead), not '.' or '..', at most 200 bytes."""
+    cleaned = "".join(c if c.isprintable() and c != "/" else "_" for c in name).strip()
     if cleaned in ("", ".", ".."):
         return ""
     while len(cleaned.encode("utf-8", "surrogateescape")) > 200:

@@ -8,11 +8,14 @@ line on stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure,
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,11 +26,13 @@ from urllib.parse import urlsplit
 
 from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
-from desfs.credentials import NoCredentials
+from desfs.credentials import Credentials, NoCredentials
+from desfs.errors import redact
 from desfs.mounting import MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, unmount
 
 log = logging.getLogger("desfs")
 
+DEFAULT_LOG = "~/.cache/desfs/mount.log"
 UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -117,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="log every request (to the log file, or stderr with -f); tracebacks on errors")
     m.add_argument("--log-file", metavar="FILE",
-                   help="where a background mount logs (default: ~/.cache/desfs/mount.log)")
+                   help=f"where a background mount logs, private to you (default: {DEFAULT_LOG})")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.add_argument("--handoff-fd", type=int, help=argparse.SUPPRESS)
     add_client_options(m)
     add_cache_options(m)
     add_account_options(m)
@@ -177,16 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"desfs {args.command}: {exc}", file=sys.stderr)
+        print(printable(redact(f"desfs {args.command}: {exc}")), file=sys.stderr)
         return 2
     except (MountError, NoCredentials, OSError) as exc:
         if args.debug:
             log.exception("failed")
-        print(f"desfs {args.command}: {exc}", file=sys.stderr)
+        print(printable(redact(f"desfs {args.command}: {exc}")), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("desfs: interrupted", file=sys.stderr)
@@ -198,39 +204,135 @@ def _setup_logging(args: argparse.Namespace) -> None:
     target = getattr(args, "log_file", None)
     handler: logging.Handler
     if target and getattr(args, "foreground", False):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        handler = logging.FileHandler(target)
+        log_file = os.fdopen(open_log(os.path.abspath(target)), "a", encoding="utf-8", errors="backslashreplace")
+        handler = logging.StreamHandler(log_file)
         level = logging.DEBUG if args.debug else logging.INFO
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if not args.debug:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every unprintable character but those in `keep` escaped as Python does (\\x1b,
+    \\n, \\u202e): messages carry text from the server (an API's error message, a job id), which must
+    not drive the terminal that shows them, nor forge lines of a log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines with the user name and password of every URL hidden, and unprintable characters
+    escaped: a message is one line; a traceback keeps its line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(printable(super().format(record), keep="\n"))
+
+
+def open_log(path: str) -> int:
+    """`path` (absolute) opened for appending, as a file only its owner may read (0600), never through
+    a symbolic link. Folders desfs creates for it are 0700, and so is the default log's folder."""
+    folder = os.path.dirname(path)
+    try:
+        _make_private_folders(folder)
+        if folder == os.path.dirname(os.path.abspath(os.path.expanduser(DEFAULT_LOG))):
+            st = os.stat(folder)
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(folder, 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise MountError(f"log file {path} is a symbolic link: refused (give the path of a real file)") from None
+        raise MountError(f"cannot open the log file {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.fchmod(fd, 0o600)  # a log made by an older desfs, readable by others
+    return fd
+
+
+def _make_private_folders(folder: str) -> None:
+    """`folder` and its missing parents, each made 0700 (os.makedirs gives its mode to the last one only)."""
+    if os.path.isdir(folder):
+        return
+    parent = os.path.dirname(folder)
+    if parent != folder:
+        _make_private_folders(parent)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
 
 
 # -- mount --------------------------------------------------------------------
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    if args.source is None:
-        raise UsageError("give MOUNTPOINT (every job of your account) or SOURCE MOUNTPOINT (one job folder)")
-    if args.mountpoint is None:  # desfs mount ~/des: the whole account
-        args.mountpoint, args.source = args.source, None
-        url = None
-    elif args.credentials_fd is None and "://" not in args.source:
-        url = source_url(resolve_source(args, args.source))  # a job id: signs in to find the job's folder
+    if args.handoff_fd is not None:  # the serving process of a background mount
+        url = take_handoff(args, _read_handoff(args.handoff_fd))
     else:
-        url = source_url(args.source)
+        url = mount_source(args)
+    if url is None and "allow_other" in _mount_options(args):
+        log.warning("-o allow_other: every local user can read every file of every job of this account "
+                    "through %s", args.mountpoint)
     if not args.foreground:
         return _mount_in_background(args, url)
     return _serve(args, url, ready_fd=args.ready_fd)
 
 
-def _mount_options(args: argparse.Namespace, source: str) -> dict:
-    # auto_cache: libfuse keeps the kernel's page cache across opens while size and mtime are unchanged
+def mount_source(args: argparse.Namespace) -> str | None:
+    """The folder URL to mount (None: every job of the account); a lone argument is the mount point."""
+    if args.source is None:
+        raise UsageError("give MOUNTPOINT (every job of your account) or SOURCE MOUNTPOINT (one job folder)")
+    if args.mountpoint is None:  # desfs mount ~/des: the whole account
+        args.mountpoint, args.source = args.source, None
+        return None
+    if "://" not in args.source:
+        return source_url(resolve_source(args, args.source))  # a job id: signs in to find the job's folder
+    return source_url(args.source)
+
+
+def handoff(args: argparse.Namespace, url: str | None, creds: Credentials | None) -> dict:
+    """What the serving process of a background mount gets through a pipe instead of its command line,
+    which every local user can read: the URLs (a job's URL is the only key to its files) and the
+    user name and password."""
+    data = {"source": url, "api_url": args.api_url, "files_url": args.files_url}
+    if creds is not None:
+        data.update(username=creds.username, password=creds.password)
+    return data
+
+
+def take_handoff(args: argparse.Namespace, data: dict) -> str | None:
+    """The serving process's side of `handoff`: its one argument is the mount point; the URLs and
+    credentials are put on `args`. Returns the URL to mount (None: the account)."""
+    args.mountpoint, args.source = args.source, None
+    args.api_url, args.files_url = data.get("api_url"), data.get("files_url")
+    if data.get("username") is not None:
+        args.handed_credentials = Credentials(data["username"], data.get("password") or "", "parent")
+    return data.get("source")
+
+
+def _read_handoff(fd: int) -> dict:
+    try:
+        with os.fdopen(fd, "r", encoding="utf-8") as pipe:
+            data = json.load(pipe)
+    except (OSError, ValueError) as exc:
+        raise MountError(f"nothing to mount came from the starting command ({exc})") from None
+    if not isinstance(data, dict):
+        raise MountError("nothing to mount came from the starting command")
+    return data
+
+
+def _mount_options(args: argparse.Namespace) -> dict:
+    # auto_cache: libfuse keeps the kernel's page cache across opens while size and mtime are unchanged.
+    # fsname is shown to every local user (/proc/mounts, df): never the URL, the key to the job's files.
     options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs", "auto_cache": True,
-                     "fsname": "desfs:" + source.replace(",", "%2C")}
+                     "fsname": "desfs"}
     for group in args.options:
         for opt in filter(None, group.split(",")):
             key, eq, value = opt.partition("=")
@@ -314,7 +416,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
                 tree.list_dir("/")
             except OSError as exc:
                 raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
-        options = _mount_options(args, source)
+        options = _mount_options(args)
     except (MountError, UsageError, NoCredentials, ValueError, OSError) as exc:
         report(f"error: {exc}")
         raise
@@ -370,12 +472,11 @@ def _account_tree(args: argparse.Namespace, settings):
     return tree, f"{api.username}@{files_url}"
 
 
-def child_argv(args: argparse.Namespace, url: str | None, mountpoint: str, log_file: str, ready_fd: int,
-               credentials_fd: int | None) -> list[str]:
+def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_fd: int, handoff_fd: int) -> list[str]:
     """The command line of the process that serves a background mount: this one's options, in the
-    foreground, reporting on `ready_fd` (and reading the password from `credentials_fd`)."""
+    foreground, reporting on `ready_fd`, reading the URLs and credentials (`handoff`) from `handoff_fd`."""
     argv = (["--debug"] if args.debug else []) + [
-        "mount", "--foreground", "--ready-fd", str(ready_fd), "--log-file", log_file,
+        "mount", "--foreground", "--ready-fd", str(ready_fd), "--handoff-fd", str(handoff_fd), "--log-file", log_file,
         "--timeout", repr(args.timeout), "--retries", str(args.retries),
         "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
         "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
@@ -384,36 +485,33 @@ def child_argv(args: argparse.Namespace, url: str | None, mountpoint: str, log_f
         argv += ["-o", group]
     if args.ca_bundle:
         argv += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
-    if url is not None:
-        return argv + [url, mountpoint]
-    argv += ["--credentials-fd", str(credentials_fd), "--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
-    for option in ("api_url", "files_url", "database"):
-        if getattr(args, option):
-            argv += ["--" + option.replace("_", "-"), getattr(args, option)]
+    argv += ["--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
+    if args.database:
+        argv += ["--database", args.database]
     return argv + [mountpoint]
 
 
 def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
     mountpoint = check_mountpoint(args.mountpoint)  # fail fast, before a child exists
     creds = credentials(args) if url is None else None  # may prompt: the terminal is here, not in the child
-    log_file = os.path.abspath(os.path.expanduser(args.log_file or "~/.cache/desfs/mount.log"))
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    log_file = os.path.abspath(os.path.expanduser(args.log_file or DEFAULT_LOG))
+    logf = open_log(log_file)
     read_end, write_end = os.pipe()
-    pass_fds = [write_end]
-    cred_read = cred_write = None
-    if creds is not None:
-        cred_read, cred_write = os.pipe()
-        pass_fds.append(cred_read)
-    child = [sys.executable, "-m", "desfs", *child_argv(args, url, mountpoint, log_file, write_end, cred_read)]
+    hand_read, hand_write = os.pipe()
+    child = [sys.executable, "-m", "desfs", *child_argv(args, mountpoint, log_file, write_end, hand_read)]
     env = {k: v for k, v in os.environ.items() if k != "DESACCESS_PASSWORD"}  # it has it through the pipe
-    with open(log_file, "ab") as logf:
+    try:
         proc = subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",
-                                pass_fds=pass_fds, start_new_session=True, env=env)
-    os.close(write_end)
-    if creds is not None:
-        os.close(cred_read)
-        with os.fdopen(cred_write, "w", encoding="utf-8") as pipe:
-            pipe.write(f"{creds.username}\n{creds.password}\n")
+                                pass_fds=[write_end, hand_read], start_new_session=True, env=env)
+    finally:
+        os.close(logf)
+        os.close(write_end)
+        os.close(hand_read)
+    try:
+        with os.fdopen(hand_write, "w", encoding="utf-8") as pipe:
+            json.dump(handoff(args, url, creds), pipe)
+    except BrokenPipeError:
+        pass  # the child is gone already: its answer (or its silence) says why
     # The child answers after its first listing (bounded by timeout and retries) and the FUSE INIT.
     deadline = time.monotonic() + args.timeout * (args.retries + 1) + 30
     answer = b""

@@ -2,7 +2,7 @@
 
 Wires credentials, the API client and the account tree; the parser and main
 are in cli.py. The password travels from the command to a background mount
-through a pipe: never in argv (the process title), the environment or a log.
+through a pipe (cli.handoff): never in argv (the process title), the environment or a log.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import re
 import sys
+from itertools import groupby
 from urllib.parse import quote
 
 from desfs.api import SITES, Api, Job
@@ -32,7 +32,6 @@ def add_account_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--database", metavar="NAME", help="database to sign in to (default: the site's)")
     g.add_argument("--api-url", metavar="URL", help="the DESaccess API of another deployment (…/desaccess/api)")
     g.add_argument("--files-url", metavar="URL", help="its file server (…/files-desaccess/)")
-    g.add_argument("--credentials-fd", type=int, help=argparse.SUPPRESS)
 
 
 def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -44,10 +43,9 @@ def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
-    if args.credentials_fd is not None:  # a background mount, from the command that started it
-        with os.fdopen(args.credentials_fd, "r", encoding="utf-8") as pipe:
-            user, _, password = pipe.read().partition("\n")
-        return Credentials(user, password.rstrip("\n"), "parent")
+    handed = getattr(args, "handed_credentials", None)  # a background mount's, from the command that started it
+    if handed is not None:
+        return handed
     return find_credentials(site_urls(args)[0], args.user)
 
 
@@ -85,6 +83,40 @@ def resolve_source(args: argparse.Namespace, text: str) -> str:
     return folder + rest if rest else folder
 
 
+# Names from the server are hostile: printed, they could move the cursor, retitle or clear the
+# terminal, or reorder what is shown (bidi overrides). On a terminal, names are quoted as GNU ls
+# quotes them (shell-escape style, ready to paste into a shell); anywhere, a name holding a character
+# that is not printable (C0, DEL, C1, bidi and other format characters, line separators) is shown
+# escaped, $'\033' for ESC, so no such character ever leaves desfs raw.
+_SHELL_SPECIAL = set(" !\"$&'()*;<=>?[\\^`|")
+_C_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", "\r": "r"}
+
+
+def shown(name: str, terminal: bool) -> str:
+    """`name` for printing: quoted as `ls` does on a terminal, raw otherwise unless it holds an
+    unprintable character, which is always escaped ('a'$'\\n''b')."""
+    if name.isprintable():
+        if not terminal or not (any(c in _SHELL_SPECIAL for c in name) or name[:1] in ("#", "~")
+                                or name in ("{", "}")):
+            return name
+        if "'" in name and not any(c in '"$`\\!' for c in name):
+            return f'"{name}"'
+    parts = []
+    for printable, run in groupby(name, str.isprintable):
+        text = "".join(run)
+        parts.append("'" + text.replace("'", "'\\''") + "'" if printable
+                     else "$'" + "".join(_escape(c) for c in text) + "'")
+    if parts[0].startswith("$"):
+        parts.insert(0, "''")
+    return "".join(parts)
+
+
+def _escape(c: str) -> str:
+    if c in _C_ESCAPES:
+        return "\\" + _C_ESCAPES[c]
+    return "".join(f"\\{b:03o}" for b in c.encode("utf-8", "surrogateescape"))
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     jobs = sorted(sign_in(args).jobs(), key=lambda j: (j.job_type, j.time_complete, j.job_id))
     if args.json:
@@ -97,6 +129,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def table(jobs: list[Job]) -> str:
     rows = [("TYPE", "ID", "NAME", "STATUS", "FINISHED", "EXPIRES")]
-    rows += [(j.job_type, j.job_id, j.name, j.status, j.time_complete or "-", j.expires or "-") for j in jobs]
+    rows += [tuple(shown(c, terminal=False) for c in (j.job_type, j.job_id, j.name, j.status, j.time_complete or "-",
+                                                      j.expires or "-")) for j in jobs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

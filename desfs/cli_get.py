@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from desfs.cli import source_url
+from desfs.cli import printable, source_url
+from desfs.cli_account import shown
 from desfs.tree import join
 
 
@@ -55,9 +56,10 @@ def ls(args: argparse.Namespace) -> int:
     from desfs.download import human
 
     tree, path, entry = open_source(args)
+    tty = sys.stdout.isatty()
     try:
         if not entry.is_dir:
-            print(_ls_line(entry, human) if args.long else entry.name)
+            print(_ls_line(entry, human, tty) if args.long else shown(entry.name, tty))
             return 0
         if args.recursive:  # listings fetched level by level in parallel, printed depth-first as ls -R does
             listings = dict(tree.walk(path, workers=8))
@@ -66,9 +68,9 @@ def ls(args: argparse.Namespace) -> int:
             folders = [(path, tree.list_dir(path))]
         for n, (folder, entries) in enumerate(folders):
             if args.recursive:
-                print(("\n" if n else "") + ("." + folder if folder != "/" else ".") + ":")
+                print(("\n" if n else "") + shown("." + folder if folder != "/" else ".", tty) + ":")
             for name, e in entries.items():
-                print(_ls_line(e, human) if args.long else name)
+                print(_ls_line(e, human, tty) if args.long else shown(name, tty))
     finally:
         tree.close()
     return 0
@@ -82,12 +84,12 @@ def _depth_first(folder: str, listings: dict):
             yield from _depth_first(join(folder, name), listings)
 
 
-def _ls_line(entry, human) -> str:
+def _ls_line(entry, human, tty: bool) -> str:
     mode = "dr-xr-xr-x" if entry.is_dir else "-r--r--r--"
     when = time.gmtime(entry.mtime)
     recent = abs(time.time() - entry.mtime) < 182 * 86400
     stamp = time.strftime("%b %e %H:%M", when) if recent else time.strftime("%b %e  %Y", when)
-    return f"{mode} {human(entry.size):>6} {stamp} {entry.name}"
+    return f"{mode} {human(entry.size):>6} {stamp} {shown(entry.name, tty)}"
 
 
 def get(args: argparse.Namespace) -> int:
@@ -105,7 +107,7 @@ def get(args: argparse.Namespace) -> int:
             plan = plan_file(entry, path, dest)
         if args.dry_run:
             for item in plan.fetch:
-                print(f"{human(item.entry.size):>6}  {item.local}")
+                print(f"{human(item.entry.size):>6}  {shown(item.local, sys.stdout.isatty())}")
             print(f"desfs get: would fetch {len(plan.fetch)} files, {human(plan.bytes_to_fetch)}B "
                   f"({plan.bytes_to_fetch} bytes); {len(plan.up_to_date)} up to date", file=sys.stderr)
             return 0
@@ -125,8 +127,8 @@ def get(args: argparse.Namespace) -> int:
         tree.close()
     rate = outcome.bytes_done / outcome.seconds / 1e6 if outcome.seconds else 0.0
     print(f"desfs get: {len(outcome.done)} files, {human(outcome.bytes_done)}B in {outcome.seconds:.1f}s "
-          f"({rate:.1f} MB/s); {len(plan.up_to_date)} already up to date; {len(outcome.failed)} failed -> {dest}",
-          file=sys.stderr)
+          f"({rate:.1f} MB/s); {len(plan.up_to_date)} already up to date; {len(outcome.failed)} failed "
+          f"-> {shown(dest, False)}", file=sys.stderr)
     for item, reason in outcome.failed:
-        print(f"desfs get: failed: {item.remote.lstrip('/')}: {reason}", file=sys.stderr)
+        print(f"desfs get: failed: {shown(item.remote.lstrip('/'), False)}: {printable(str(reason))}", file=sys.stderr)
     return 1 if outcome.failed else 0

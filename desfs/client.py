@@ -27,7 +27,7 @@ import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 from desfs import __version__
-from desfs.errors import AccessDenied, BadListing, DesfsError, NotFound, ServerError, Stale, Timeout
+from desfs.errors import AccessDenied, BadListing, DesfsError, NotFound, ServerError, Stale, Timeout, redact
 from desfs.listing import Entry, parse_listing
 
 log = logging.getLogger(__name__)
@@ -501,17 +501,6 @@ def expect_bytes(nbytes: int) -> None:
     watch = _watchdog.current()
     if watch is not None:
         watch.allow(nbytes)
-
-
-def redact(url: str) -> str:
-    """A URL fit for a message: any `user:password@` replaced by `***@`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
 def _length(resp: requests.Response, url: str) -> int | None:

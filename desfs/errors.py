@@ -10,11 +10,22 @@ unchanged and a CLI can print it as one line:
     ├── Stale(DesfsError)                      ESTALE   the file changed on the server while open
     ├── ServerError(DesfsError)                EIO      5xx/429 after retries, connection failures
     └── BadListing(DesfsError)                 EIO      a `/json` listing that is not a listing
+
+str() of an error never shows the user name and password of a URL (`redact`).
 """
 
 from __future__ import annotations
 
 import errno
+import re
+
+# scheme://userinfo@ (userinfo up to the last '@' before the path, as urlsplit reads it)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user name and password of every URL in it hidden: http://user:pw@host → http://***@host."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class DesfsError(OSError):
@@ -27,7 +38,7 @@ class DesfsError(OSError):
         self.url = url
 
     def __str__(self) -> str:
-        return self.strerror if not self.url else f"{self.strerror}: {self.url}"
+        return redact(self.strerror if not self.url else f"{self.strerror}: {self.url}")
 
 
 class NotFound(DesfsError, FileNotFoundError):

@@ -249,16 +249,20 @@ def test_stalled_server_gives_etimedout(mount, server, sample):
 
 
 # What a background mount hands its serving process: every option of `desfs mount` is either
-# forwarded as it is, or deliberately replaced. A new option must be put in one of the two.
+# forwarded (on its command line, or through the pipe for the URLs and credentials), or deliberately
+# replaced. A new option must be put in one of the two.
 FORWARDED = {"debug", "timeout", "retries", "cache_size", "block_size", "listing_ttl", "readahead", "connections",
              "options", "ca_bundle", "site", "jobs_ttl", "api_url", "files_url", "database", "mountpoint"}
-REPLACED = {"command", "foreground", "ready_fd", "log_file", "credentials_fd",
-            "user", "source"}  # the user and password go through a pipe; a source is resolved to its URL
+REPLACED = {"command", "foreground", "ready_fd", "handoff_fd", "log_file",
+            "user", "source"}  # the user and password go through the pipe; a source is resolved to its URL
 
 
 @pytest.mark.parametrize("source", [None, "https://files.example/files-desaccess/u/cutout/j/"])
 def test_background_mount_forwards_every_option(source):
-    from desfs.cli import build_parser, child_argv
+    import json
+
+    from desfs.cli import build_parser, child_argv, handoff, mount_source, take_handoff
+    from desfs.credentials import Credentials
 
     given = ["mount", "--debug", "--timeout", "7.5", "--retries", "5", "--cache-size", "64M", "--block-size", "512K",
              "--listing-ttl", "9", "--readahead", "8M", "--connections", "3", "-o", "allow_other", "-o", "noatime",
@@ -268,8 +272,13 @@ def test_background_mount_forwards_every_option(source):
     parser = build_parser()
     args = parser.parse_args(given)
     assert set(vars(args)) == FORWARDED | REPLACED
-    child = parser.parse_args(child_argv(args, source, "/mnt/des", "/var/log/desfs.log", 5, None if source else 6))
-    same = FORWARDED - ({"site", "jobs_ttl", "api_url", "files_url", "database"} if source else set())
-    assert {k: getattr(child, k) for k in same} == {k: getattr(args, k) for k in same}
-    assert child.foreground and child.ready_fd == 5 and child.log_file == "/var/log/desfs.log"
-    assert child.credentials_fd == (None if source else 6) and child.user is None
+    url = mount_source(args)
+    creds = Credentials("someone", "pw", "prompt") if source is None else None
+    argv = child_argv(args, "/mnt/des", "/var/log/desfs.log", 5, 6)
+    assert not any("example" in a or "someone" in a for a in argv), argv  # URLs and the user: the pipe only
+    child = parser.parse_args(argv)
+    assert take_handoff(child, json.loads(json.dumps(handoff(args, url, creds)))) == url
+    assert {k: getattr(child, k) for k in FORWARDED} == {k: getattr(args, k) for k in FORWARDED}
+    assert child.foreground and child.ready_fd == 5 and child.handoff_fd == 6 and child.log_file == "/var/log/desfs.log"
+    handed = getattr(child, "handed_credentials", None)
+    assert child.user is None and (handed and (handed.username, handed.password)) == (creds and ("someone", "pw"))
