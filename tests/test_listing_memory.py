@@ -205,6 +205,33 @@ def test_running_jobs_listings_share_the_budget_and_expire_sooner(server, sample
         caches.close()
 
 
+def test_account_sidecars_and_running_jobs_count_in_the_listing_budget(server, sample):
+    """An account mount keeps the .log/.tar.gz of each job and the listings of running jobs among the listings,
+    counted in bytes in the one budget (they were bounded by count alone: a million items each)."""
+    from desfs.account import AccountTree, FixedJobs
+    from desfs.api import Job
+    from desfs.tree import TreeSettings
+
+    clock = Clock()
+    running = "b" * 32
+    jobs = [Job(sample.cutout_job, "cutout", "done", "success", "2026-11-24 23:59:00"),
+            Job(running, "cutout", "running", "started")]
+    tree = AccountTree(FixedJobs(sample.user, jobs), server.base_url, TreeSettings(), timer=clock)
+    try:
+        cutout = tree.list_dir("/cutout")
+        assert f"{sample.cutout_job}.log" in cutout
+        sidecars = tree.caches.listings.current_size
+        assert sidecars > 0  # the sidecar files are held as listings, in bytes
+        heads = server.count("HEAD")
+        job = tree.list_dir(f"/cutout/{sample.cutout_job}")
+        assert tree.caches.listings.current_size == sidecars + job.nbytes
+        clock.now += 11  # the running job's (missing) sidecars expire, the finished job's stay
+        tree.list_dir("/cutout")
+        assert server.count("HEAD") == heads + 2  # running.log and running.tar.gz, checked again
+    finally:
+        tree.close()
+
+
 class Clock:
     def __init__(self):
         self.now = 1000.0
