@@ -168,8 +168,10 @@ class ListingParser:
                     break
                 char = text[pos]
                 if state == _BEFORE:
-                    if char != "[":
+                    if char != "[" and char in '{"-0123456789tfn':  # another JSON value
                         raise BadListing(f"folder listing is not a JSON array ({self._head!r})", self.url)
+                    if char != "[":
+                        self._bad()
                     pos, state = pos + 1, _FIRST
                 elif state == _AFTER_ITEM:
                     if char not in ",]":
