@@ -1,8 +1,10 @@
 """Listing layer: turns the bytes of an nginx `autoindex_format json` answer into Entry records.
 
-Pure functions: no HTTP, no cache, no FUSE. A listing is untrusted input; names
+No HTTP, no cache, no FUSE: bytes in (fed piece by piece as they arrive), a
+Listing out, with what it costs in memory. A listing is untrusted input; names
 that could escape the folder or that no filesystem can hold are refused and
-logged, never passed on.
+logged, never passed on, and a listing larger than the memory allowed for it is
+refused while it is parsed.
 """
 
 from __future__ import annotations
