@@ -22,7 +22,7 @@ from desfs.api import Api, Job
 from desfs.cache import LoadingCache
 from desfs.client import Client
 from desfs.errors import NotFound
-from desfs.listing import Entry, name_problem
+from desfs.listing import Entry, Listing, name_problem
 from desfs.tree import Caches, Tree, TreeSettings, normalize
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,9 @@ class AccountTree:
         self._first_jobs = LoadingCache(1, float("inf"), timer=timer, patience=settings.patience(0))
         self._known_at = 0.0
         self._refreshing = False
-        self._unfinished_listings = LoadingCache(settings.listing_entries, UNFINISHED_LISTING_TTL, timer=timer,
-                                                 patience=self.caches.listings.patience)
         self._known: dict[tuple[str, str], Job] | None = None
         self._trees: dict[tuple[str, str], Tree] = {}
-        self._sidecars_finished = LoadingCache(1_000_000, ttl=float("inf"), timer=timer)
-        self._sidecars_running = LoadingCache(1_000_000, UNFINISHED_LISTING_TTL, timer=timer)
+        self._sidecars = self.caches.listings  # the .log/.tar.gz of each job, within the listings' budget
         self._lock = threading.Lock()
         self._heads = ThreadPoolExecutor(8, thread_name_prefix="desfs-sidecar")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
@@ -126,8 +123,7 @@ class AccountTree:
         log.info("job %s/%s is gone: dropping its caches", *key)
         with self._lock:
             tree = self._trees.pop(key, None)
-        for cache in (self._sidecars_finished, self._sidecars_running):
-            cache.discard(key)
+        self._sidecars.discard(_sidecar_key(key))
         if tree:
             tree.forget("/")
 
@@ -138,8 +134,10 @@ class AccountTree:
             tree = self._trees.get(key)
             if tree is None:
                 tree = Tree(self._client(f"{key[0]}/{key[1]}/"), caches=self.caches, prefix=f"/{key[0]}/{key[1]}",
-                            listings=None if job.finished else self._unfinished_listings)
+                            listing_ttl=None if job.finished else UNFINISHED_LISTING_TTL)
                 self._trees[key] = tree
+            elif job.finished:
+                tree.listing_ttl = None  # it was running when first seen
             return tree
 
     def _route(self, path: str):
@@ -266,7 +264,7 @@ class AccountTree:
         missing = []
         for key, job in jobs.items():
             if key[0] == job_type:
-                known = self._sidecar_cache(job).peek(key)
+                known = self._sidecars.peek(_sidecar_key(key))
                 if known is None:
                     missing.append((key, job))
                 else:
@@ -277,7 +275,8 @@ class AccountTree:
             def load(key_job) -> dict[str, Entry]:
                 key, job = key_job
                 try:
-                    return self._sidecar_cache(job).get(key, lambda: self._head_sidecars(tree, key[1], suffixes))
+                    return self._sidecars.get(_sidecar_key(key),
+                                              lambda: self._head_sidecars(tree, key[1], suffixes, job))
                 except OSError as exc:  # not cached: tried again next time
                     log.info("could not check the sidecar files of %s: %s", key[1], exc)
                     return {}
@@ -286,19 +285,16 @@ class AccountTree:
                 out.update(found)
         return out
 
-    def _sidecar_cache(self, job: Job) -> LoadingCache:
-        return self._sidecars_finished if job.finished else self._sidecars_running
-
-    def _head_sidecars(self, tree: Tree, job_id: str, suffixes) -> dict[str, Entry]:
-        entries = {}
+    def _head_sidecars(self, tree: Tree, job_id: str, suffixes, job: Job) -> Listing:
+        entries = []
         for suffix in suffixes:
             name = job_id + suffix
             try:
                 e = tree.client.stat("/" + name)
             except NotFound:
                 continue
-            entries[name] = Entry(name=name, is_dir=False, size=e.size, mtime=e.mtime)
-        return entries
+            entries.append(Entry(name=name, is_dir=False, size=e.size, mtime=e.mtime))
+        return Listing.of(entries, ttl=float("inf") if job.finished else UNFINISHED_LISTING_TTL)
 
     def _links(self) -> dict[str, str]:
         """by-name link name → target: job names made safe and unique."""
@@ -309,6 +305,11 @@ class AccountTree:
                 name = f"{name}-{job_id[:8]}"
             links[name] = f"../{job_type}/{job_id}"
         return links
+
+
+def _sidecar_key(key: tuple[str, str]) -> str:
+    """Where a job's sidecar files are kept among the listings: a key no mount path (a listing's key) can be."""
+    return f"{key[0]}/{key[1]} sidecars"
 
 
 def safe_name(name: str) -> str:

@@ -38,6 +38,25 @@ class _TTLCache(cachetools.TTLCache):
         return key, value
 
 
+class _TLRUCache(cachetools.TLRUCache):
+    """cachetools' TLRUCache (a time to live per item), telling `on_drop` as _TTLCache does."""
+
+    def __init__(self, *args: Any, on_drop: Callable[[Any], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_drop = on_drop
+
+    def expire(self, time: float | None = None) -> list:
+        expired = super().expire(time)
+        for _key, value in expired:
+            self._on_drop(value)
+        return expired
+
+    def popitem(self) -> tuple:
+        key, value = super().popitem()
+        self._on_drop(value)
+        return key, value
+
+
 class _Flight:
     """A load under way: the threads that miss the same key wait on it, until its deadline."""
 
@@ -51,6 +70,8 @@ class _Flight:
 
 class LoadingCache:
     """A TTL cache bounded by `max_size` (in units of `getsizeof`, items by default).
+
+    `ttl` is seconds, or a function of a value giving its own seconds.
 
     `get(key, load)` returns the cached value or calls `load()` once, however
     many threads miss the same key at the same moment; the others wait for it
@@ -66,7 +87,7 @@ class LoadingCache:
     def __init__(
         self,
         max_size: int,
-        ttl: float,
+        ttl: float | Callable[[Any], float],
         getsizeof: Callable[[Any], int] | None = None,
         timer: Callable[[], float] = time.monotonic,
         on_drop: Callable[[Any], None] | None = None,
@@ -74,7 +95,11 @@ class LoadingCache:
     ) -> None:
         self.patience = patience
         self._on_drop = on_drop or (lambda value: None)
-        self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
+        if callable(ttl):
+            self._data = _TLRUCache(maxsize=max_size, ttu=lambda _key, value, now: now + ttl(value), timer=timer,
+                                    getsizeof=getsizeof, on_drop=self._on_drop)
+        else:
+            self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored

@@ -28,6 +28,7 @@ from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import Credentials, NoCredentials
 from desfs.errors import redact
+from desfs.listing import LISTING_CACHE_BYTES
 from desfs.mounting import MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, unmount
 
 log = logging.getLogger("desfs")
@@ -94,11 +95,18 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
                    help="bytes fetched per range request and cached together (default: 1M)")
     g.add_argument("--listing-ttl", type=positive_float, default=120.0, metavar="SECONDS",
                    help="how long a folder listing is trusted before it is fetched again (default: 120)")
+    add_listing_option(g)
     g.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
                    help="largest window fetched ahead of a sequential reader; 0 turns readahead off "
                         "(default: 64M, at most a quarter of --cache-size)")
     g.add_argument("--connections", type=int, default=8, metavar="N",
                    help="range requests that readahead makes at once (default: 8)")
+
+
+def add_listing_option(p) -> None:
+    p.add_argument("--listing-cache-size", type=parse_size, default=LISTING_CACHE_BYTES, metavar="SIZE",
+                   help="memory for folder listings, about 250 bytes a name; a folder that needs more is "
+                        f"refused (EFBIG) (default: {LISTING_CACHE_BYTES // 2**20}M)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress-every", type=positive_float, metavar="SECONDS",
                    help="seconds between progress lines when not on a terminal (default: 10)")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
+    add_listing_option(g)
     add_client_options(g)
     add_account_options(g)
 
@@ -159,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-l", dest="long", action="store_true", help="long listing: type, size (human-readable), time")
     ls.add_argument("-R", dest="recursive", action="store_true", help="list sub-folders too")
     ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
+    add_listing_option(ls)
     add_client_options(ls)
     add_account_options(ls)
 
@@ -405,7 +415,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
         mountpoint = lock.claim(args.mountpoint)
         settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
                                 readahead_max=args.readahead, readahead_workers=args.connections,
-                                timeout=args.timeout, retries=args.retries)
+                                timeout=args.timeout, retries=args.retries, listing_bytes=args.listing_cache_size)
         if url is None:
             tree, source = getattr(args, "make_tree", _account_tree)(args, settings)
         else:
@@ -480,6 +490,7 @@ def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_f
         "--timeout", repr(args.timeout), "--retries", str(args.retries),
         "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
         "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
+        "--listing-cache-size", str(args.listing_cache_size),
         "--connections", str(args.connections)]
     for group in args.options:
         argv += ["-o", group]

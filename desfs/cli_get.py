@@ -25,7 +25,7 @@ def open_source(args: argparse.Namespace):
     from desfs.client import Client
     from desfs.errors import NotFound
     from desfs.listing import Entry
-    from desfs.tree import Tree
+    from desfs.tree import Tree, TreeSettings
 
     text = resolve_source(args, args.source)  # a job id becomes its folder's URL (signing in)
     url = source_url(text)  # checks the scheme, drops /json, adds a slash
@@ -36,7 +36,7 @@ def open_source(args: argparse.Namespace):
     def tree_at(folder_url: str) -> Tree:
         client = Client(folder_url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
                         connections=max(16, getattr(args, "jobs", 1) + 4))
-        return Tree(client)
+        return Tree(client, TreeSettings(listing_bytes=args.listing_cache_size))
 
     folder_url = url if url.endswith("/") else url + "/"
     tree = tree_at(folder_url)

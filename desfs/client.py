@@ -27,8 +27,8 @@ import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 from desfs import __version__
-from desfs.errors import AccessDenied, BadListing, DesfsError, NotFound, ServerError, Stale, Timeout, redact
-from desfs.listing import Entry, parse_listing
+from desfs.errors import AccessDenied, DesfsError, NotFound, ServerError, Stale, Timeout, TooLarge, redact
+from desfs.listing import Entry, Listing, ListingParser
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +110,31 @@ class Client:
 
     def list_dir(self, path: str) -> list[Entry]:
         """The entries of a folder, from its `<folder>/json` listing."""
+        return list(self.listing(path).values())
+
+    def listing(self, path: str, max_bytes: int | None = None) -> Listing:
+        """A folder's `<folder>/json` listing, parsed as it arrives. TooLarge once its entries would hold
+        more than `max_bytes` (see listing.entry_bytes), or its JSON passes LISTING_MAX_BYTES (or `max_bytes`)."""
         url = self.url(path, folder=True) + "json"
+        cap = max(LISTING_MAX_BYTES, max_bytes or 0)
 
-        def consume(resp: requests.Response) -> bytes:
+        def consume(resp: requests.Response) -> Listing:
             declared = _length(resp, url)
-            expect_bytes(min(declared or 0, LISTING_MAX_BYTES))
-            body = bytearray()
+            too_large = f"folder listing larger than {cap / 2**20:g} MiB of JSON"
+            if declared is not None and "Content-Encoding" not in resp.headers and declared > cap:
+                raise TooLarge(too_large, url)
+            expect_bytes(min(declared or 0, cap))
+            parser = ListingParser(url, max_bytes)
             for chunk in resp.iter_content(CHUNK_BYTES):
-                body += chunk
-                expect_bytes(len(body))  # an answer of unknown length: the bytes so far at MIN_RATE
-                if len(body) > LISTING_MAX_BYTES:
-                    raise BadListing(f"folder listing larger than {LISTING_MAX_BYTES} bytes", url)
-            if declared is not None and "Content-Encoding" not in resp.headers and declared != len(body):
-                raise _Retryable(f"listing cut short ({len(body)} of {declared} bytes)")
-            return bytes(body)
+                if parser.received + len(chunk) > cap:
+                    raise TooLarge(too_large, url)
+                parser.feed(chunk)
+                expect_bytes(parser.received)  # an answer of unknown length: the bytes so far at MIN_RATE
+            if declared is not None and "Content-Encoding" not in resp.headers and declared != parser.received:
+                raise _Retryable(f"listing cut short ({parser.received} of {declared} bytes)")
+            return parser.close()
 
-        body = self.request("GET", url, {}, consume)
-        return parse_listing(body, url)
+        return self.request("GET", url, {}, consume)
 
     def stat(self, path: str) -> Entry:
         """Size and mtime of a file from a HEAD request (for a file named by URL alone)."""

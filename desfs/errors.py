@@ -9,7 +9,8 @@ unchanged and a CLI can print it as one line:
     ├── Timeout(DesfsError, TimeoutError)      ETIMEDOUT  no answer within --timeout
     ├── Stale(DesfsError)                      ESTALE   the file changed on the server while open
     ├── ServerError(DesfsError)                EIO      5xx/429 after retries, connection failures
-    └── BadListing(DesfsError)                 EIO      a `/json` listing that is not a listing
+    ├── BadListing(DesfsError)                 EIO      a `/json` listing that is not a listing
+    └── TooLarge(DesfsError)                   EFBIG    a listing larger than the memory allowed for it
 
 str() of an error never shows the user name and password of a URL (`redact`).
 """
@@ -63,3 +64,7 @@ class ServerError(DesfsError):
 
 class BadListing(DesfsError):
     default_errno = errno.EIO
+
+
+class TooLarge(DesfsError):
+    default_errno = errno.EFBIG

@@ -7,6 +7,7 @@ and the download command share it and it is tested without a mount.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import threading
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
 from desfs.client import Client, patience
-from desfs.errors import NotFound, Stale
-from desfs.listing import Entry
+from desfs.errors import NotFound, Stale, TooLarge
+from desfs.listing import LISTING_CACHE_BYTES, Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,14 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
 LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
+TRIM_AFTER_BYTES = 1 * MiB  # a listing this large read: the memory its parse and the listings it evicted
+# left free goes back to the system (else malloc keeps it, in the arena of each FUSE thread that parsed one)
 
 
 @dataclass(frozen=True)
 class TreeSettings:
     listing_ttl: float = 120.0  # seconds a folder listing is trusted
-    listing_entries: int = 1_000_000  # names kept across all cached listings
+    listing_bytes: int = LISTING_CACHE_BYTES  # memory of every listing kept (listing.entry_bytes), all folders
     cache_bytes: int = 256 * MiB  # block cache budget
     block_size: int = 1 * MiB
     block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
@@ -52,8 +55,12 @@ class Caches:
 
     def __init__(self, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
         self.settings, self.timer = settings, timer
-        self.listings = LoadingCache(settings.listing_entries, settings.listing_ttl, getsizeof=_listing_size,
-                                     timer=timer, patience=settings.patience(LISTING_WAIT_BYTES))
+        # Each listing counts its bytes; one that would not fit in the whole budget is refused while it is
+        # parsed (TooLarge), and that refusal is kept in its place for the TTL. A listing may carry a TTL
+        # of its own (a running job's), so every listing of a mount is within the one budget.
+        self.listings = LoadingCache(settings.listing_bytes, lambda listing: listing.ttl or settings.listing_ttl,
+                                     getsizeof=_listing_size, timer=timer,
+                                     patience=settings.patience(LISTING_WAIT_BYTES))
         self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer,
                                  patience=settings.patience)
         # A window larger than a quarter of the cache would evict its own blocks before they are read.
@@ -74,16 +81,18 @@ class Tree:
     parent's listing (no request per file); a name missing from a cached
     listing costs no request. File bytes are cached in blocks keyed by
     (path, size, mtime): a file that changes on the server gets new keys.
-    Trees that share `caches` name their keys with their own `prefix`.
+    Trees that share `caches` name their keys with their own `prefix`; `listing_ttl`, when
+    given, replaces the settings' for this tree's listings (a job still running).
     """
 
     def __init__(self, client: Client, settings: TreeSettings = TreeSettings(), timer=time.monotonic,
-                 caches: Caches | None = None, prefix: str = "", listings: LoadingCache | None = None) -> None:
+                 caches: Caches | None = None, prefix: str = "", listing_ttl: float | None = None) -> None:
         self.client = client
         self.caches = caches or Caches(settings, timer)
         self._owns_caches = caches is None
         self.settings = self.caches.settings
-        self.listings = listings or self.caches.listings  # a job still running gets a short-lived one
+        self.listings = self.caches.listings
+        self.listing_ttl = listing_ttl
         self.blocks, self.prefetcher = self.caches.blocks, self.caches.prefetcher
         self.readahead_max = self.caches.readahead_max
         self.prefix = prefix.rstrip("/")
@@ -102,14 +111,35 @@ class Tree:
 
     # -- folders ------------------------------------------------------------
 
-    def list_dir(self, path: str) -> dict[str, Entry]:
+    def list_dir(self, path: str) -> Listing:
         """The entries of the folder at `path`, by name, in the server's order."""
         path = normalize(path)
+        loaded = False
+
+        def load() -> Listing:
+            nonlocal loaded
+            loaded = True
+            return self._load_listing(path)
+
         try:
-            return self.listings.get(self._key(path), lambda: {e.name: e for e in self.client.list_dir(path)})
+            listing = self.listings.get(self._key(path), load)
         except NotFound:
             self.forget(path)
             raise
+        if loaded and (listing.nbytes >= TRIM_AFTER_BYTES or listing.refused):  # stored, what it evicted freed
+            _release_free_memory()
+        if listing.refused:
+            raise TooLarge(listing.refused, self.client.url(path, folder=True))
+        return listing
+
+    def _load_listing(self, path: str) -> Listing:
+        try:
+            listing = self.client.listing(path, self.listings.max_size)
+        except TooLarge as exc:  # kept as such for the TTL: never fetched again on every lookup
+            log.warning("%s: refused (raise --listing-cache-size to list it)", exc)
+            listing = Listing.refusal(exc.strerror)
+        listing.ttl = self.listing_ttl
+        return listing
 
     def read_folder(self, path: str) -> dict[str, Entry]:
         """list_dir for a program reading the folder (readdir): detects a walk and lists ahead.
@@ -250,5 +280,14 @@ def join(folder: str, name: str) -> str:
     return folder.rstrip("/") + "/" + name
 
 
-def _listing_size(listing: dict) -> int:
-    return max(1, len(listing))
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
+
+
+def _release_free_memory() -> None:
+    """Hand the memory malloc holds free back to the system."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _listing_size(listing: Listing) -> int:
+    return listing.nbytes
