@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from desfs.api import Api, Job
 from desfs.cache import LoadingCache
@@ -31,6 +32,23 @@ BY_NAME = "by-name"
 ALWAYS_SHOWN = ("cutout", "query")
 SIDECARS = {"cutout": (".log", ".tar.gz"), "query": (".log",)}
 UNFINISHED_LISTING_TTL = 10.0  # seconds: the files of a running job change
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a mount path of the account leads: the root, a job type folder, by-name or one of its links,
+    a job's sidecar file (with its Entry), or a path `rest` inside a job's tree."""
+
+    kind: str  # root | type | by-name | link | sidecar | job
+    name: str = ""  # the last part of the path that routed: the type, link, sidecar or job id
+    job_type: str = ""
+    job: Job | None = None
+    rest: str = "/"  # inside the job
+    entry: Entry | None = None  # a sidecar's
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job_type, self.name)
 
 
 class FixedJobs:
@@ -140,29 +158,29 @@ class AccountTree:
                 tree.listing_ttl = None  # it was running when first seen
             return tree
 
-    def _route(self, path: str):
-        """('root'|'type'|'by-name'|'link'|'sidecar'|'job', ...) for a mount path (a sidecar's with its Entry)."""
+    def _route(self, path: str) -> Route:
+        """Where a mount path leads: NotFound when nowhere."""
         parts = [p for p in normalize(path).split("/") if p]
         if not parts:
-            return ("root",)
+            return Route("root")
         if parts[0] == BY_NAME:
             if len(parts) == 1:
-                return ("by-name",)
+                return Route("by-name", name=BY_NAME)
             if len(parts) == 2 and parts[1] in self._links():
-                return ("link", parts[1])
+                return Route("link", name=parts[1])
             raise NotFound("no such job name", path)
         jobs = self.jobs()
         job_type = parts[0]
         if job_type not in self._types(jobs):
             raise NotFound("no such job type", path)
         if len(parts) == 1:
-            return ("type", job_type)
+            return Route("type", name=job_type, job_type=job_type)
         job = jobs.get((job_type, parts[1]))
         if job is not None:
-            return ("job", (job_type, parts[1]), job, "/" + "/".join(parts[2:]))
+            return Route("job", name=parts[1], job_type=job_type, job=job, rest="/" + "/".join(parts[2:]))
         sidecar = self._sidecar_entries(job_type, jobs).get(parts[1]) if len(parts) == 2 else None
         if sidecar is not None:
-            return ("sidecar", job_type, parts[1], sidecar)
+            return Route("sidecar", name=parts[1], job_type=job_type, entry=sidecar)
         raise NotFound("no such job", path)
 
     def _types(self, jobs) -> list[str]:
@@ -172,24 +190,23 @@ class AccountTree:
 
     def lookup(self, path: str) -> Entry:
         route = self._route(path)
-        kind = route[0]
+        kind = route.kind
         if kind == "root":
             return self.root
         if kind in ("type", "by-name"):
-            return Entry(name=normalize(path).rsplit("/", 1)[-1], is_dir=True, size=0, mtime=self.root.mtime)
+            return Entry(name=route.name, is_dir=True, size=0, mtime=self.root.mtime)
         if kind == "link":
-            target = self._links()[route[1]]
-            return Entry(name=route[1], is_dir=False, size=len(target), mtime=self.root.mtime, link=target)
+            target = self._links()[route.name]
+            return Entry(name=route.name, is_dir=False, size=len(target), mtime=self.root.mtime, link=target)
         if kind == "sidecar":
-            return route[3]
-        _, key, job, rest = route
-        if rest == "/":
-            return Entry(name=key[1], is_dir=True, size=0, mtime=_job_time(job, self.root.mtime))
-        return self._tree(key, job).lookup(rest)
+            return route.entry
+        if route.rest == "/":
+            return Entry(name=route.name, is_dir=True, size=0, mtime=_job_time(route.job, self.root.mtime))
+        return self._tree(route.key, route.job).lookup(route.rest)
 
     def list_dir(self, path: str) -> dict[str, Entry]:
         route = self._route(path)
-        kind = route[0]
+        kind = route.kind
         if kind == "root":
             names = self._types(self.jobs()) + [BY_NAME]
             return {n: Entry(name=n, is_dir=True, size=0, mtime=self.root.mtime) for n in names}
@@ -199,19 +216,17 @@ class AccountTree:
         if kind == "type":
             jobs = self.jobs()
             entries = {job_id: Entry(name=job_id, is_dir=True, size=0, mtime=_job_time(job, self.root.mtime))
-                       for (t, job_id), job in sorted(jobs.items()) if t == route[1]}
-            entries.update(self._sidecar_entries(route[1], jobs))
+                       for (t, job_id), job in sorted(jobs.items()) if t == route.job_type}
+            entries.update(self._sidecar_entries(route.job_type, jobs))
             return entries
         if kind == "job":
-            _, key, job, rest = route
-            return self._tree(key, job).list_dir(rest)
+            return self._tree(route.key, route.job).list_dir(route.rest)
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", path)
 
     def read_folder(self, path: str) -> dict[str, Entry]:
         route = self._route(path)
-        if route[0] == "job":
-            _, key, job, rest = route
-            return self._tree(key, job).read_folder(rest)
+        if route.kind == "job":
+            return self._tree(route.key, route.job).read_folder(route.rest)
         return self.list_dir(path)
 
     def open(self, path: str, entry: Entry):
@@ -224,17 +239,16 @@ class AccountTree:
 
     def readlink(self, path: str) -> str:
         route = self._route(path)
-        if route[0] != "link":
+        if route.kind != "link":
             raise OSError(errno.EINVAL, "not a symbolic link", path)
-        return self._links()[route[1]]
+        return self._links()[route.name]
 
     def _file_tree(self, path: str) -> tuple[Tree, str]:
         route = self._route(path)
-        if route[0] == "job":
-            _, key, job, rest = route
-            return self._tree(key, job), rest
-        if route[0] == "sidecar":
-            return self._type_tree(route[1]), "/" + route[2]
+        if route.kind == "job":
+            return self._tree(route.key, route.job), route.rest
+        if route.kind == "sidecar":
+            return self._type_tree(route.job_type), "/" + route.name
         raise IsADirectoryError(errno.EISDIR, "is a folder", path)
 
     def _type_tree(self, job_type: str) -> Tree:
@@ -290,7 +304,7 @@ class AccountTree:
         for suffix in suffixes:
             name = job_id + suffix
             try:
-                e = tree.client.stat("/" + name)
+                e = tree.stat_file("/" + name)
             except NotFound:
                 continue
             entries.append(Entry(name=name, is_dir=False, size=e.size, mtime=e.mtime))

@@ -49,7 +49,7 @@ def open_source(args: argparse.Namespace):
     tree.close()
     parent = url.rsplit("/", 1)[0] + "/"
     tree = tree_at(parent)
-    return tree, "/" + name, tree.client.stat("/" + name)
+    return tree, "/" + name, tree.stat_file("/" + name)
 
 
 def ls(args: argparse.Namespace) -> int:

@@ -183,7 +183,7 @@ class Downloader:
                 self.progress.add(len(chunk))
 
             try:
-                self.tree.client.fetch(item.remote, have, item.entry.size, item.entry, write)
+                self.tree.fetch(item.remote, have, item.entry.size, item.entry, write)
             except DesfsError as exc:
                 if exc.errno in (errno.ENOENT, errno.ESTALE):  # gone or changed: this part can never be completed
                     f.close()

@@ -28,7 +28,7 @@ if not ({"FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME"} & os.environ.keys()) and find
 from mfusepy import FUSE, FuseOSError, Operations, fuse_version_major  # noqa: E402
 
 from desfs.listing import Entry
-from desfs.tree import OpenFile, Tree  # or an AccountTree: the same interface
+from desfs.tree import MountTree, OpenFile
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _errno(method: Callable) -> Callable:
 
 
 class DesfsOperations(Operations):
-    """Read-only FUSE operations over a Tree.
+    """Read-only FUSE operations over a MountTree (a Tree or an AccountTree).
 
     Writes, creates, renames, chmod and the rest are not defined here, so
     libfuse never offers them, and the mount is `ro`: the kernel answers EROFS
@@ -75,7 +75,8 @@ class DesfsOperations(Operations):
 
     use_ns = True
 
-    def __init__(self, tree: Tree, on_ready: Callable[[], None] | None = None, mountpoint: str | None = None) -> None:
+    def __init__(self, tree: MountTree, on_ready: Callable[[], None] | None = None,
+                 mountpoint: str | None = None) -> None:
         self.tree = tree
         self.mountpoint = mountpoint
         self.started = False  # the kernel has sent INIT: mounted

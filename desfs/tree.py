@@ -12,6 +12,7 @@ import errno
 import logging
 import threading
 import time
+from typing import Protocol, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,6 +49,38 @@ class TreeSettings:
     def patience(self, nbytes: int) -> float:
         """Seconds a load of `nbytes` may take, all tries included (client.patience)."""
         return patience(self.timeout, self.retries, nbytes)
+
+
+@runtime_checkable
+class MountTree(Protocol):
+    """What the FUSE adapter (and anything else serving a mount) asks of a tree, in mount paths.
+
+    Two implementations: Tree (one folder URL: a job, or a folder below one) and
+    account.AccountTree (every job of an account, routed to a Tree per job). Errors
+    are desfs.errors exceptions (OSErrors with an errno)."""
+
+    root: Entry
+
+    def lookup(self, path: str) -> Entry:
+        """The entry at `path` (NotFound when there is none)."""
+
+    def list_dir(self, path: str) -> dict[str, Entry]:
+        """A folder's entries by name."""
+
+    def read_folder(self, path: str) -> dict[str, Entry]:
+        """list_dir for a program reading the folder (readdir): may list ahead of a walk."""
+
+    def open(self, path: str, entry: Entry) -> "OpenFile":
+        """Version `entry` of a file, for reading."""
+
+    def read(self, path: str, entry: Entry, offset: int, length: int) -> bytes:
+        """Bytes of version `entry` of a file, without opening it."""
+
+    def readlink(self, path: str) -> str:
+        """A symbolic link's target (EINVAL for anything else)."""
+
+    def close(self) -> None:
+        """Let go of worker threads and caches (at unmount)."""
 
 
 class Caches:
@@ -234,6 +267,18 @@ class Tree:
 
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
+
+    def stat_file(self, path: str) -> Entry:
+        """A file's entry from the server itself (HEAD), for a file no listing shows (a job's .log)."""
+        return self.client.stat(normalize(path))
+
+    def fetch(self, path: str, start: int, stop: int, entry: Entry, write) -> None:
+        """Stream bytes [start, stop) of version `entry` of a file into `write`, bypassing the caches
+        (a download: each byte is wanted once)."""
+        self.client.fetch(normalize(path), start, stop, entry, write)
+
+    def url(self, path: str) -> str:
+        return self.client.url(normalize(path))
 
     def _fetcher(self, path: str, entry: Entry):
         return lambda start, stop, write: self.client.fetch(path, start, stop, entry, write)

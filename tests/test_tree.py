@@ -105,3 +105,19 @@ def test_folders_read_apart_do_not_list_ahead(tree, server, clock):
     time.sleep(0.2)
     assert server.count(suffix="/json") == 2
     tree.close()
+
+
+def test_both_trees_speak_the_mount_tree_interface():
+    """The FUSE adapter serves a Tree or an AccountTree through tree.MountTree: both have every method,
+    with the same parameters."""
+    import inspect
+
+    from desfs.account import AccountTree
+    from desfs.tree import MountTree
+
+    wanted = {name for name, value in vars(MountTree).items() if callable(value) and not name.startswith("_")}
+    assert wanted == {"lookup", "list_dir", "read_folder", "open", "read", "readlink", "close"}
+    for cls in (Tree, AccountTree):
+        for name in wanted:
+            have = list(inspect.signature(getattr(cls, name)).parameters)
+            assert have == list(inspect.signature(getattr(MountTree, name)).parameters), (cls.__name__, name)
