@@ -4,6 +4,11 @@ Knows keys, sizes and time; knows no HTTP, no paths' meaning, no FUSE. Blocks
 are filled by a streaming `fetch(start, stop, write)` function (half-open
 ranges), so every test of this module runs without a server. Readers get views
 of the cached blocks, so a byte is copied once on its way to the kernel.
+
+Internals of others relied on here: CPython's reference counts (`sys.getrefcount`) tell
+Spares that nobody holds a block's memory any more (guarded by
+tests/test_cache.py::test_spares_reuse_a_map_only_once_nothing_refers_to_it; should they
+change, maps are not reused, never reused while held).
 """
 
 from __future__ import annotations

@@ -5,6 +5,15 @@ caches, FUSE or the command line. Paths are mount paths ("/", "/a/b c"): each
 segment is percent-encoded here and nowhere else. Ranges are half-open
 [start, stop) everywhere; the inclusive HTTP form is written in `_range_header`
 alone. Every failure leaves as a desfs.errors exception with a real errno.
+
+Internals of others relied on here (each guarded by a test that fails if it changes):
+- urllib3's `HTTPResponse._fp`, the http.client answer beneath it, whose `readinto` reads
+  range bodies straight into a block (`_plain_body`; any other transport falls back to
+  urllib3's `read`): tests/test_client.py::test_range_reads_keep_one_connection_alive and
+  every range read;
+- urllib3's `HTTPConnection._new_conn` (where it makes a socket), `ConnectionCls` of its
+  pools and `PoolManager.pool_classes_by_scheme`, so the deadline watchdog learns each
+  try's socket: tests/test_deadlines.py::test_a_dripping_file_fails_with_etimedout.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
@@ -155,13 +165,13 @@ class Client:
         self.fetch(path, start, stop, expect, buf.extend)
         return bytes(buf)
 
-    def fetch(self, path: str, start: int, stop: int, expect: Entry, write: Callable[[memoryview], object]) -> None:
+    def fetch(self, path: str, start: int, stop: int, expect: Entry,
+              write: "Sink | Callable[[memoryview], object]") -> None:
         """Stream bytes [start, stop) of version `expect` into `write`, resuming after a retry.
 
-        `write` gets each piece as a memoryview valid only during the call. A
-        `write` that also has `room()` (a writable memoryview for the next
-        bytes, never empty while bytes are due) and `filled(n)` gets the bytes
-        read from the socket straight into its own memory instead.
+        `write` gets each piece as a memoryview valid only during the call; a
+        `Sink` (room/filled) gets the bytes read from the socket straight into
+        its own memory instead.
         Raises Stale when the server holds another version than `expect`
         (If-Range with its mtime, and the size in Content-Range, tell).
         """
@@ -169,7 +179,7 @@ class Client:
             raise ValueError(f"range [{start}, {stop}) outside a file of {expect.size} bytes")
         url = self.url(path)
         done = 0  # bytes already handed to `write`, kept across retries
-        sink = write if hasattr(write, "room") else _Pieces(write, min(CHUNK_BYTES, stop - start))
+        sink = write if isinstance(write, Sink) else _Pieces(write, min(CHUNK_BYTES, stop - start))
 
         def consume(resp: requests.Response) -> None:
             nonlocal done
@@ -455,6 +465,17 @@ class _WatchedAdapter(HTTPAdapter):
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = dict(self._POOLS)
         return manager
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where `Client.fetch` can put a range's bytes straight from the socket (cache._BlockWriter is one)."""
+
+    def room(self) -> memoryview:
+        """Writable memory for the next bytes; never empty while bytes are due."""
+
+    def filled(self, n: int) -> None:
+        """`n` more bytes are in `room()`."""
 
 
 def _new_session(base_url: str, connections: int, ca_bundle: str | None) -> requests.Session:

@@ -22,13 +22,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from desfs.errors import DesfsError
-from desfs.listing import Entry
+from desfs.listing import Entry, NAME_MAX
 from desfs.tree import Tree, join
 
 log = logging.getLogger(__name__)
 
 PART_SUFFIX = ".desfs-part"
-NAME_MAX = 255
 
 
 class Cancelled(Exception):

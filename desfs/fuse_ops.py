@@ -4,6 +4,12 @@ Turns the Tree's plain records into st_* dicts, file handles and errnos; holds
 no HTTP and no caching of its own. Every callback goes through `_errno`, so
 nothing but an OSError with a real errno reaches mfusepy (which would turn
 anything else into EINVAL).
+
+Internals of others relied on here (each guarded by a test that fails if it changes):
+- mfusepy's `FUSE.read(path, buf, size, offset, fip)`, the ctypes callback it wraps, is
+  overridden by `_FUSE.read` to copy a memoryview without making bytes of it; and
+- `ctypes._memmove_addr`, CPython's memmove, called under the GIL (`_memmove`).
+  Both: tests/test_mount.py::test_every_file_reads_back_byte_identical (and every read).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ if not ({"FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME"} & os.environ.keys()) and find
 
 from mfusepy import FUSE, FuseOSError, Operations, fuse_version_major  # noqa: E402
 
-from desfs.listing import Entry
+from desfs.listing import NAME_MAX, Entry
 from desfs.tree import MountTree, OpenFile
 
 log = logging.getLogger(__name__)
@@ -162,7 +168,7 @@ class DesfsOperations(Operations):
         return 0
 
     def statfs(self, path):
-        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": 255}
+        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": NAME_MAX}
 
     def _stat(self, entry: Entry) -> dict:
         ns = int(entry.mtime * 1e9)
