@@ -24,7 +24,8 @@ from desfs.cache import LoadingCache
 from desfs.client import Client
 from desfs.errors import NotFound
 from desfs.listing import Entry, Listing, name_problem
-from desfs.tree import Caches, Tree, TreeSettings, normalize
+from desfs.settings import DEFAULTS, Settings
+from desfs.tree import Caches, Tree, normalize
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,15 @@ class FixedJobs:
 
 
 class AccountTree:
-    def __init__(self, api: Api | FixedJobs, files_url: str, settings: TreeSettings | None = None, *,
-                 jobs_ttl: float = 60.0,
-                 timeout: float = 30.0, retries: int = 3, ca_bundle: str | None = None,
-                 connections: int = 24, timer=time.monotonic) -> None:
+    def __init__(self, api: Api | FixedJobs, files_url: str, settings: Settings = DEFAULTS, *,
+                 timer=time.monotonic) -> None:
         self.api = api
         self.files_url = files_url.rstrip("/") + "/"
-        settings = settings or TreeSettings()
         self.caches = Caches(settings, timer)
         self.settings = settings
         self._timer = timer
-        self._client_options = dict(timeout=timeout, retries=retries, ca_bundle=ca_bundle, connections=connections)
         self._session = None  # one connection pool for every job's Client
-        self.jobs_ttl = jobs_ttl
+        self.jobs_ttl = settings.jobs_ttl
         # The first job list is waited for (the mount needs it); later ones are fetched in the background
         # while the last one is served, so a slow or dead API never holds a lookup.
         self._first_jobs = LoadingCache(1, float("inf"), timer=timer, patience=settings.patience(0))
@@ -262,7 +259,8 @@ class AccountTree:
 
     def _client(self, folder: str) -> Client:
         """A Client for a folder of the user's (under the lock), on the one shared connection pool."""
-        client = Client(f"{self.files_url}{self.api.username}/{folder}", session=self._session, **self._client_options)
+        client = Client(f"{self.files_url}{self.api.username}/{folder}", session=self._session,
+                        **self.settings.client_options())
         self._session = self._session or client.session
         return client
 

@@ -8,6 +8,7 @@ line on stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -28,40 +29,16 @@ from desfs import __version__
 from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolve_source, sign_in
 from desfs.credentials import Credentials, NoCredentials
 from desfs.errors import redact
-from desfs.listing import LISTING_CACHE_BYTES
+from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings, positive_float
 from desfs.mounting import MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, unmount
 
 log = logging.getLogger("desfs")
 
 DEFAULT_LOG = "~/.cache/desfs/mount.log"
-UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 class UsageError(Exception):
     """Bad command-line input: exit 2."""
-
-
-def parse_size(text: str) -> int:
-    """'256M', '1G', '65536', '1.5G' → bytes (binary units)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
-    unit = value[-1] if value[-1] in UNITS else ""
-    try:
-        number = float(value[: len(value) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512M, 2G)") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(number * UNITS[unit])
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def source_url(text: str) -> str:
@@ -78,35 +55,7 @@ def source_url(text: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def add_client_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("network")
-    g.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
-                   help="longest wait for the server on any one network operation (default: 30)")
-    g.add_argument("--retries", type=int, default=3, metavar="N",
-                   help="further tries after a lost connection, a cut body or HTTP 5xx/429 (default: 3)")
-    g.add_argument("--ca-bundle", metavar="FILE", help="CA certificates to verify the server with (private CAs)")
-
-
-def add_cache_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("caching")
-    g.add_argument("--cache-size", type=parse_size, default=parse_size("256M"), metavar="SIZE",
-                   help="memory for cached file blocks, e.g. 512M, 2G (default: 256M)")
-    g.add_argument("--block-size", type=parse_size, default=parse_size("1M"), metavar="SIZE",
-                   help="bytes fetched per range request and cached together (default: 1M)")
-    g.add_argument("--listing-ttl", type=positive_float, default=120.0, metavar="SECONDS",
-                   help="how long a folder listing is trusted before it is fetched again (default: 120)")
-    add_listing_option(g)
-    g.add_argument("--readahead", type=parse_size, default=parse_size("64M"), metavar="SIZE",
-                   help="largest window fetched ahead of a sequential reader; 0 turns readahead off "
-                        "(default: 64M, at most a quarter of --cache-size)")
-    g.add_argument("--connections", type=int, default=8, metavar="N",
-                   help="range requests that readahead makes at once (default: 8)")
-
-
-def add_listing_option(p) -> None:
-    p.add_argument("--listing-cache-size", type=parse_size, default=LISTING_CACHE_BYTES, metavar="SIZE",
-                   help="memory for folder listings, about 250 bytes a name; a folder that needs more is "
-                        f"refused (EFBIG) (default: {LISTING_CACHE_BYTES // 2**20}M)")
+MOUNT_GROUPS = (NETWORK, LISTINGS, CACHING, ACCOUNT_MOUNT)  # the option groups of `desfs mount`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,11 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where a background mount logs, private to you (default: {DEFAULT_LOG})")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--handoff-fd", type=int, help=argparse.SUPPRESS)
-    add_client_options(m)
-    add_cache_options(m)
+    Settings.add_options(m, *MOUNT_GROUPS)
     add_account_options(m)
-    m.add_argument("--jobs-ttl", type=positive_float, default=60.0, metavar="SECONDS",
-                   help="account mount: how often the job list is fetched again (default: 60)")
 
     u = sub.add_parser("umount", help="unmount a desfs mount", description=(
         "Unmount a desfs mount; also cleans up a mount whose process died."))
@@ -159,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress-every", type=positive_float, metavar="SECONDS",
                    help="seconds between progress lines when not on a terminal (default: 10)")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
-    add_listing_option(g)
-    add_client_options(g)
+    Settings.add_options(g, NETWORK, LISTINGS)
     add_account_options(g)
 
     ls = sub.add_parser("ls", help="list a remote folder", description="List the folder at SOURCE, as ls would.")
@@ -168,15 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-l", dest="long", action="store_true", help="long listing: type, size (human-readable), time")
     ls.add_argument("-R", dest="recursive", action="store_true", help="list sub-folders too")
     ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
-    add_listing_option(ls)
-    add_client_options(ls)
+    Settings.add_options(ls, NETWORK, LISTINGS)
     add_account_options(ls)
 
     j = sub.add_parser("jobs", help="list the account's jobs", description=(
         "List the jobs of a DESaccess account: type, id, name, status, when it finished, when it expires."))
     j.add_argument("--json", action="store_true", help="as JSON, for scripts")
     j.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
-    add_client_options(j)
+    Settings.add_options(j, NETWORK)
     add_account_options(j)
 
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
@@ -393,7 +337,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     report readiness or failure on `ready_fd`."""
     from desfs.client import Client
     from desfs.fuse_ops import DesfsOperations, run
-    from desfs.tree import Tree, TreeSettings
+    from desfs.tree import Tree
 
     _hold_stop_signals()
     finished = threading.Event()
@@ -413,14 +357,11 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
 
     try:
         mountpoint = lock.claim(args.mountpoint)
-        settings = TreeSettings(listing_ttl=args.listing_ttl, cache_bytes=args.cache_size, block_size=args.block_size,
-                                readahead_max=args.readahead, readahead_workers=args.connections,
-                                timeout=args.timeout, retries=args.retries, listing_bytes=args.listing_cache_size)
+        settings = Settings.from_args(args)
         if url is None:
             tree, source = getattr(args, "make_tree", _account_tree)(args, settings)
         else:
-            client = Client(url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
-                            connections=args.connections + 16)  # readahead workers + FUSE threads
+            client = Client(url, **settings.client_options())
             tree, source = Tree(client, settings), url
             try:
                 tree.list_dir("/")
@@ -466,14 +407,13 @@ def _libfuse_complaint(log_file: str | None, since: int) -> str | None:
     return said[-1] if said else None
 
 
-def _account_tree(args: argparse.Namespace, settings):
+def _account_tree(args: argparse.Namespace, settings: Settings):
     from desfs.account import AccountTree
     from desfs.cli_account import site_urls
 
     api = sign_in(args)
     _, files_url, _ = site_urls(args)
-    tree = AccountTree(api, files_url, settings, jobs_ttl=args.jobs_ttl, timeout=args.timeout, retries=args.retries,
-                       ca_bundle=args.ca_bundle, connections=args.connections + 16)
+    tree = AccountTree(api, files_url, settings)
     try:
         jobs = tree.jobs()
     except OSError as exc:
@@ -485,18 +425,15 @@ def _account_tree(args: argparse.Namespace, settings):
 def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_fd: int, handoff_fd: int) -> list[str]:
     """The command line of the process that serves a background mount: this one's options, in the
     foreground, reporting on `ready_fd`, reading the URLs and credentials (`handoff`) from `handoff_fd`."""
+    settings = Settings.from_args(args)
+    if settings.ca_bundle:  # the child runs in /
+        settings = dataclasses.replace(settings, ca_bundle=os.path.abspath(settings.ca_bundle))
     argv = (["--debug"] if args.debug else []) + [
         "mount", "--foreground", "--ready-fd", str(ready_fd), "--handoff-fd", str(handoff_fd), "--log-file", log_file,
-        "--timeout", repr(args.timeout), "--retries", str(args.retries),
-        "--cache-size", str(args.cache_size), "--block-size", str(args.block_size),
-        "--listing-ttl", repr(args.listing_ttl), "--readahead", str(args.readahead),
-        "--listing-cache-size", str(args.listing_cache_size),
-        "--connections", str(args.connections)]
+        *settings.argv(*MOUNT_GROUPS)]
     for group in args.options:
         argv += ["-o", group]
-    if args.ca_bundle:
-        argv += ["--ca-bundle", os.path.abspath(args.ca_bundle)]
-    argv += ["--site", args.site, "--jobs-ttl", repr(args.jobs_ttl)]
+    argv += ["--site", args.site]
     if args.database:
         argv += ["--database", args.database]
     return argv + [mountpoint]
@@ -524,7 +461,7 @@ def _mount_in_background(args: argparse.Namespace, url: str | None) -> int:
     except BrokenPipeError:
         pass  # the child is gone already: its answer (or its silence) says why
     # The child answers after its first listing (bounded by timeout and retries) and the FUSE INIT.
-    deadline = time.monotonic() + args.timeout * (args.retries + 1) + 30
+    deadline = time.monotonic() + Settings.from_args(args).patience(1 << 20) + 30
     answer = b""
     try:
         while b"\n" not in answer and time.monotonic() < deadline:

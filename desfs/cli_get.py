@@ -25,7 +25,8 @@ def open_source(args: argparse.Namespace):
     from desfs.client import Client
     from desfs.errors import NotFound
     from desfs.listing import Entry
-    from desfs.tree import Tree, TreeSettings
+    from desfs.settings import Settings
+    from desfs.tree import Tree
 
     text = resolve_source(args, args.source)  # a job id becomes its folder's URL (signing in)
     url = source_url(text)  # checks the scheme, drops /json, adds a slash
@@ -34,9 +35,10 @@ def open_source(args: argparse.Namespace):
     name = unquote(url.rstrip("/").rsplit("/", 1)[-1])
 
     def tree_at(folder_url: str) -> Tree:
-        client = Client(folder_url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle,
-                        connections=max(16, getattr(args, "jobs", 1) + 4))
-        return Tree(client, TreeSettings(listing_bytes=args.listing_cache_size))
+        settings = Settings.from_args(args)
+        pool = max(16, getattr(args, "jobs", 1) + 4)  # the downloads at once, and the listings of a walk
+        client = Client(folder_url, **{**settings.client_options(), "connections": pool})
+        return Tree(client, settings)
 
     folder_url = url if url.endswith("/") else url + "/"
     tree = tree_at(folder_url)

@@ -39,29 +39,13 @@ from requests.adapters import HTTPAdapter
 from desfs import __version__
 from desfs.errors import AccessDenied, DesfsError, NotFound, ServerError, Stale, Timeout, TooLarge, redact
 from desfs.listing import Entry, Listing, ListingParser
+from desfs.settings import MIN_RATE, RETRY_AFTER_MAX, allowance
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 LISTING_MAX_BYTES = 64 * 1024 * 1024
-RETRY_AFTER_MAX = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MIN_RATE = 64 * 1024  # bytes/s: an answer slower than this on average is given up (ETIMEDOUT)
-
-
-def allowance(timeout: float, nbytes: int) -> float:
-    """Seconds one try of a request for `nbytes` may take in all: `timeout`, plus the bytes at MIN_RATE.
-
-    Enforced by the watchdog below (the socket is shut when it runs out), so a
-    server that keeps sending a byte now and then cannot hold a read forever."""
-    return timeout + nbytes / MIN_RATE
-
-
-def patience(timeout: float, retries: int, nbytes: int) -> float:
-    """Seconds a whole operation on `nbytes` may take, every try and pause between tries included:
-    how long a thread waiting for another one's load of the same bytes waits at most."""
-    return (retries + 1) * allowance(timeout, nbytes) + retries * RETRY_AFTER_MAX + 1.0
-
 
 class _Retryable(Exception):
     """A failure worth another try: connection lost, body cut short, 5xx/429."""

@@ -24,7 +24,6 @@ from desfs.errors import BadListing, TooLarge
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes, as in Linux
-LISTING_CACHE_BYTES = 64 * 1024 * 1024  # default budget of every listing a mount keeps (--listing-cache-size)
 ITEM_MAX_CHARS = 64 * 1024  # one listing item's JSON; nginx's are ~120 characters (a name is at most 255 bytes)
 
 

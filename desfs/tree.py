@@ -14,13 +14,13 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from desfs.cache import BlockCache, LoadingCache
-from desfs.client import Client, patience
+from desfs.client import Client
 from desfs.errors import NotFound, Stale, TooLarge
-from desfs.listing import LISTING_CACHE_BYTES, Entry, Listing
+from desfs.listing import Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
+from desfs.settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +29,6 @@ WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part
 LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
 TRIM_AFTER_BYTES = 1 * MiB  # a listing this large read: the memory its parse and the listings it evicted
 # left free goes back to the system (else malloc keeps it, in the arena of each FUSE thread that parsed one)
-
-
-@dataclass(frozen=True)
-class TreeSettings:
-    listing_ttl: float = 120.0  # seconds a folder listing is trusted
-    listing_bytes: int = LISTING_CACHE_BYTES  # memory of every listing kept (listing.entry_bytes), all folders
-    cache_bytes: int = 256 * MiB  # block cache budget
-    block_size: int = 1 * MiB
-    block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
-    readahead_min: int = 1 * MiB  # first readahead window of a sequential reader
-    readahead_max: int = 64 * MiB  # largest window (0: no readahead)
-    readahead_workers: int = 8  # parallel range requests of all readahead
-    listing_workers: int = 4  # sub-folder listings fetched at once ahead of a recursive walk
-    listing_prefetch_max: int = 32  # sub-folders of one folder whose listings are fetched ahead
-    timeout: float = 30.0  # the Client's: with `retries`, bounds how long a thread waits for another's load
-    retries: int = 3
-
-    def patience(self, nbytes: int) -> float:
-        """Seconds a load of `nbytes` may take, all tries included (client.patience)."""
-        return patience(self.timeout, self.retries, nbytes)
 
 
 @runtime_checkable
@@ -86,19 +66,18 @@ class MountTree(Protocol):
 class Caches:
     """The caches and worker pools of a mount, shared by every Tree in it (one memory budget)."""
 
-    def __init__(self, settings: TreeSettings = TreeSettings(), timer=time.monotonic) -> None:
+    def __init__(self, settings: Settings = DEFAULTS, timer=time.monotonic) -> None:
         self.settings, self.timer = settings, timer
         # Each listing counts its bytes; one that would not fit in the whole budget is refused while it is
         # parsed (TooLarge), and that refusal is kept in its place for the TTL. A listing may carry a TTL
         # of its own (a running job's), so every listing of a mount is within the one budget.
-        self.listings = LoadingCache(settings.listing_bytes, lambda listing: listing.ttl or settings.listing_ttl,
+        self.listings = LoadingCache(settings.listing_cache_size, lambda listing: listing.ttl or settings.listing_ttl,
                                      getsizeof=_listing_size, timer=timer,
                                      patience=settings.patience(LISTING_WAIT_BYTES))
-        self.blocks = BlockCache(settings.cache_bytes, settings.block_size, settings.block_ttl, timer=timer,
+        self.blocks = BlockCache(settings.cache_size, settings.block_size, settings.block_ttl, timer=timer,
                                  patience=settings.patience)
-        # A window larger than a quarter of the cache would evict its own blocks before they are read.
-        self.readahead_max = min(settings.readahead_max, settings.cache_bytes // 4)
-        self.prefetcher = Prefetcher(self.blocks, settings.readahead_workers) if self.readahead_max > 0 else None
+        self.readahead_max = settings.readahead_window
+        self.prefetcher = Prefetcher(self.blocks, settings.connections) if self.readahead_max > 0 else None
         self.listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
 
     def close(self) -> None:
@@ -118,7 +97,7 @@ class Tree:
     given, replaces the settings' for this tree's listings (a job still running).
     """
 
-    def __init__(self, client: Client, settings: TreeSettings = TreeSettings(), timer=time.monotonic,
+    def __init__(self, client: Client, settings: Settings = DEFAULTS, timer=time.monotonic,
                  caches: Caches | None = None, prefix: str = "", listing_ttl: float | None = None) -> None:
         self.client = client
         self.caches = caches or Caches(settings, timer)

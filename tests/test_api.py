@@ -12,7 +12,7 @@ from desfs.api import Api, LoginFailed
 from desfs.client import JsonCaller
 from desfs.credentials import NoCredentials, find_credentials
 from desfs.errors import NotFound
-from desfs.tree import TreeSettings
+from desfs.settings import Settings
 
 from fakeapi import FakeApi
 
@@ -106,7 +106,7 @@ def test_account_tree_routes_without_fuse(fake, server, sample):
     api = api_for(fake)
     api.login()
     clock = Clock()
-    tree = AccountTree(api, server.base_url, TreeSettings(), jobs_ttl=600, timeout=5, retries=1, timer=clock)
+    tree = AccountTree(api, server.base_url, Settings(jobs_ttl=600, timeout=5, retries=1), timer=clock)
     try:
         assert list(tree.list_dir("/")) == ["cutout", "query", "by-name"]
         cutout = tree.list_dir("/cutout")

@@ -143,10 +143,11 @@ def test_json_module_agrees_on_valid_bodies():
 
 def test_listing_cache_counts_bytes_and_evicts():
     """The listing cache of a mount is bounded by the bytes of its listings, oldest use out first."""
-    from desfs.tree import Caches, TreeSettings
+    from desfs.settings import Settings
+    from desfs.tree import Caches
 
     one = parse(listing_json(10_000))
-    caches = Caches(TreeSettings(listing_bytes=int(2.5 * one.nbytes)))
+    caches = Caches(Settings(listing_cache_size=int(2.5 * one.nbytes)))
     try:
         for key in ("/a", "/b"):
             caches.listings.put(key, parse(listing_json(10_000)))
@@ -161,12 +162,13 @@ def test_a_refused_listing_is_remembered_for_its_ttl(server, sample):
     """A folder over the budget is refused (EFBIG) with one request per --listing-ttl, not one per look."""
     from desfs.client import Client
     from desfs.errors import TooLarge
-    from desfs.tree import Tree, TreeSettings
+    from desfs.settings import Settings
+    from desfs.tree import Tree
 
     server.faults.listing_body = {job_path(sample, "odd names/json"): listing_json(20_000)}
     clock = Clock()
     tree = Tree(Client(sample.url(server.base_url), timeout=5, retries=0),
-                TreeSettings(listing_ttl=60, listing_bytes=2 * MiB), timer=clock)
+                Settings(listing_ttl=60, listing_cache_size=2 * MiB), timer=clock)
     try:
         for name in ("DESJ0000001_r.fits", "DESJ0000002_r.fits", "nope"):
             with pytest.raises(TooLarge):
@@ -184,10 +186,11 @@ def test_a_refused_listing_is_remembered_for_its_ttl(server, sample):
 def test_running_jobs_listings_share_the_budget_and_expire_sooner(server, sample):
     """A Tree with a shorter listing TTL (a running job's) uses the same byte budget; its listings expire first."""
     from desfs.client import Client
-    from desfs.tree import Caches, Tree, TreeSettings
+    from desfs.settings import Settings
+    from desfs.tree import Caches, Tree
 
     clock = Clock()
-    caches = Caches(TreeSettings(listing_ttl=120), timer=clock)
+    caches = Caches(Settings(listing_ttl=120), timer=clock)
     client = Client(sample.url(server.base_url), timeout=5, retries=0)
     done = Tree(client, caches=caches, prefix="/done")
     running = Tree(client, caches=caches, prefix="/running", listing_ttl=10)
@@ -210,13 +213,13 @@ def test_account_sidecars_and_running_jobs_count_in_the_listing_budget(server, s
     counted in bytes in the one budget (they were bounded by count alone: a million items each)."""
     from desfs.account import AccountTree, FixedJobs
     from desfs.api import Job
-    from desfs.tree import TreeSettings
+    from desfs.settings import Settings
 
     clock = Clock()
     running = "b" * 32
     jobs = [Job(sample.cutout_job, "cutout", "done", "success", "2026-11-24 23:59:00"),
             Job(running, "cutout", "running", "started")]
-    tree = AccountTree(FixedJobs(sample.user, jobs), server.base_url, TreeSettings(), timer=clock)
+    tree = AccountTree(FixedJobs(sample.user, jobs), server.base_url, Settings(), timer=clock)
     try:
         cutout = tree.list_dir("/cutout")
         assert f"{sample.cutout_job}.log" in cutout

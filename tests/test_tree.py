@@ -7,7 +7,8 @@ import pytest
 
 from desfs.client import Client
 from desfs.errors import NotFound
-from desfs.tree import Tree, TreeSettings
+from desfs.tree import Tree
+from desfs.settings import Settings
 
 
 class Clock:
@@ -25,7 +26,7 @@ def clock():
 @pytest.fixture
 def tree(server, sample, clock):
     client = Client(sample.url(server.base_url), timeout=2, retries=1, backoff=0.01)
-    return Tree(client, TreeSettings(listing_ttl=60, block_size=64 * 1024, cache_bytes=1 << 20), timer=clock)
+    return Tree(client, Settings(listing_ttl=60, block_size=64 * 1024, cache_size=1 << 20), timer=clock)
 
 
 def test_lookup_uses_parent_listing_no_head(tree, server):
