@@ -30,7 +30,9 @@ from desfs.cli_account import add_account_options, cmd_jobs, credentials, resolv
 from desfs.credentials import Credentials, NoCredentials
 from desfs.errors import redact
 from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings, positive_float
-from desfs.mounting import MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, unmount
+from desfs.mounting import (
+    MountError, MountpointLock, check_mountpoint, detach, forbid_core_dumps, limit_malloc_arenas, unmount,
+)
 
 log = logging.getLogger("desfs")
 
@@ -339,6 +341,7 @@ def _serve(args: argparse.Namespace, url: str | None, ready_fd: int | None) -> i
     from desfs.fuse_ops import DesfsOperations, run
     from desfs.tree import Tree
 
+    limit_malloc_arenas()  # before any thread starts
     _hold_stop_signals()
     finished = threading.Event()
     serving: list[DesfsOperations] = []

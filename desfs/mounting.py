@@ -156,6 +156,23 @@ def forbid_core_dumps() -> bool:
         return False
 
 
+M_ARENA_MAX = -8  # glibc's malloc.h
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> bool:
+    """Let glibc's malloc keep at most MALLOC_ARENAS arenas (its default: 8 per CPU). A mount runs up to
+    128 FUSE threads; each thread that allocates (a block's bookkeeping, a parsed listing) would
+    otherwise get an arena of its own, and memory freed in one is kept there: measured on the
+    concurrent-faults test, peak RSS 76-83 MiB with the default, 63 MiB with 2. Call before
+    threads start. True when it took effect (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
+
+
 PROBE_SECONDS = 2.0  # how long `desfs umount` lets a mount answer a stat before calling it hung
 
 

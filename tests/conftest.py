@@ -160,15 +160,15 @@ def source_files(folder: str) -> dict[str, str]:
     return found
 
 
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
-    """Poll `condition` until it returns something true (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for(condition, seconds: float = 10.0, interval: float = 0.05):
+    """Poll `condition` until it returns something true (returned); fail the test after `seconds`."""
+    deadline = time.monotonic() + seconds
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {getattr(condition, '__name__', condition)}")
+            raise AssertionError(f"not so within {seconds} s: {getattr(condition, '__name__', condition)}")
         time.sleep(interval)
 
 

@@ -84,12 +84,15 @@ class ApiHandler(BaseHTTPRequestHandler):
             return self.reply(406, {"status": "error", "message": "Password must be changed"})
         with api.lock:
             api.logins += 1
-        return self.reply(200, {"status": "ok", "username": name, "token": api.issue(name), "message": "login ok"})
+        return self.reply(200, {"status": "ok", "username": name, "token": api.issue(name), "message": "login ok"},
+                          cookie=f"session={secrets.token_hex(8)}; Path=/")
 
-    def reply(self, status: int, body: dict) -> None:
+    def reply(self, status: int, body: dict, cookie: str | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if cookie:  # a session cookie on sign-in: a client sharing the API's cookies would send it anywhere
+            self.send_header("Set-Cookie", cookie)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -120,6 +123,11 @@ class FakeApi(ThreadingHTTPServer):
         with self.lock:
             self.tokens[token] = (user, time.time() + self.token_seconds)
         return token
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far expires now (as if its lifetime had passed)."""
+        with self.lock:
+            self.tokens = {t: (user, time.time() - 1) for t, (user, _) in self.tokens.items()}
 
     def check(self, header: str) -> tuple[str, str | None]:
         if not header.startswith("Bearer "):

@@ -7,6 +7,7 @@ path contains `Faults.match` (all requests when it is empty), and the first
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -44,6 +45,7 @@ class Faults:
     drip_seconds: float = 0.0  # answer, then send the body one byte every this many seconds (never quite stalling)
     gzip_body: bool = False  # file answers gzip-compressed, with Content-Encoding: gzip (asked for or not)
     bad_length: str | None = None  # the Content-Length header of file answers (HEAD) replaced by this
+    listing_delay: float = 0.0  # seconds before each /json answer (a far server); counted in sending_peak
 
 
 PATTERN = bytes(range(251))  # a made-up file's byte i is PATTERN[i % 251]
@@ -76,6 +78,9 @@ class FaultHandler(DesHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
+        if path.endswith("/json") and f.listing_delay:
+            with self.server.sending():
+                time.sleep(min(f.listing_delay, STALL_MAX_SECONDS))
         if path.endswith("/json") and (path in f.listing_body or f.html_for_json):
             self.server.record(self)
             body = f.listing_body.get(path) or b"<html><body>Not JSON</body></html>"
@@ -111,9 +116,23 @@ class FaultHandler(DesHandler):
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
         self.send_header("Content-Length", str(stop - start))
         self.end_headers()
-        if not head:
-            for offset in range(start, stop, 1 << 20):
-                self.wfile.write(pattern_bytes(offset, min(stop, offset + (1 << 20))))
+        if head:
+            return None
+        f = self.server.faults
+        if f.random_cut and self.server.chance(f.random_cut):  # half the body, then the connection closes
+            self.wfile.write(pattern_bytes(start, start + (stop - start) // 2))
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return None
+        slow = f.slow_chunk_delay and self.server.matches(self.path_decoded())
+        step = 65536 if slow else 1 << 20
+        with self.server.sending():
+            for offset in range(start, stop, step):
+                self.wfile.write(pattern_bytes(offset, min(stop, offset + step)))
+                if slow:
+                    time.sleep(min(f.slow_chunk_delay, 1.0))
+        return None
 
     def send_altered(self, path: str, f: Faults) -> bool:
         """The answer a normal request for a file or a listing would get, dripped out a byte at a time,
@@ -184,6 +203,7 @@ class FaultHandler(DesHandler):
             super().copy_range(fs_path, start, start + (stop - start) // 2)
             self.wfile.flush()
             if fault == "reset":  # linger 0: close() sends RST instead of FIN
+                time.sleep(0.2)  # after the client has taken the half in (a RST drops what it has not read)
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -192,7 +212,7 @@ class FaultHandler(DesHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
         elif self.server.faults.slow_chunk_delay and self.server.matches(self.path_decoded()):
-            with open(fs_path, "rb") as f:
+            with open(fs_path, "rb") as f, self.server.sending():
                 f.seek(start)
                 for offset in range(start, stop, 65536):
                     self.wfile.write(f.read(min(65536, stop - offset)))
@@ -215,14 +235,28 @@ class FaultServer(DesServer):
         self._lock = threading.Lock()
         self._seen = 0
         self._rng = random.Random(6)
+        self.sending_now = self.sending_peak = 0
 
     def reset(self) -> None:
         with self._lock:
             self.faults = Faults()
             self._seen = 0
             self._rng = random.Random(6)
+            self.sending_now = self.sending_peak = 0
             self.requests.clear()
             self.headers_seen.clear()
+
+    @contextlib.contextmanager
+    def sending(self):
+        """Around the body of a slow or made-up file: `sending_peak` is how many were sent at once."""
+        with self._lock:
+            self.sending_now += 1
+            self.sending_peak = max(self.sending_peak, self.sending_now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.sending_now -= 1
 
     def chance(self, p: float) -> bool:
         with self._lock:

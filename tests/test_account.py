@@ -13,6 +13,7 @@ import pytest
 
 from conftest import DESFS, free_port, run_desfs, source_files, wait_for
 from fakeapi import FakeApi
+from faultserver import FaultServer
 from nginxserver import start_nginx, stop_nginx
 
 pytestmark = [pytest.mark.mount, pytest.mark.nginx]
@@ -56,6 +57,14 @@ def env(tmp_path):
     e["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()
     return e
+
+
+def stat_errno(path):
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 def account_options(api, files):
@@ -171,25 +180,32 @@ def test_job_deleted_during_a_mount_vanishes(mount, api, files, sample, env):
     env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
     m = mount(None, "--jobs-ttl", "1", *account_options(api, files), env=env)
     assert (m.path / "query" / DOOMED_JOB / "meta.json").read_bytes()
+    doomed = [j for j in api.jobs[USER] if j["job_id"] == DOOMED_JOB]
     api.jobs[USER] = [j for j in api.jobs[USER] if j["job_id"] != DOOMED_JOB]
-    shutil.rmtree(user_dir / "query" / DOOMED_JOB)
-    # the list is fetched again in the background once it is older than --jobs-ttl
-    wait_for(lambda: DOOMED_JOB not in os.listdir(m.path / "query"))
-    with pytest.raises(OSError) as info:
-        os.stat(m.path / "query" / DOOMED_JOB / "meta.json")
-    assert info.value.errno == errno.ENOENT
+    shutil.move(user_dir / "query" / DOOMED_JOB, user_dir / "query" / "away")
+    assert wait_for(lambda: DOOMED_JOB not in os.listdir(m.path / "query"))  # the next job list, after 1 s
+    assert wait_for(lambda: stat_errno(m.path / "query" / DOOMED_JOB / "meta.json") == errno.ENOENT, 3)
     assert "doomed" not in os.listdir(m.path / "by-name")
-    assert "dropping its caches" in m.log_text()
+    # its caches went with it: were it listed again, its listing and blocks are fetched again
+    shutil.move(user_dir / "query" / "away", user_dir / "query" / DOOMED_JOB)
+    mark = files[0].mark()
+    api.jobs[USER] += doomed
+    assert wait_for(lambda: DOOMED_JOB in os.listdir(m.path / "query"))
+    with open(m.path / "query" / DOOMED_JOB / "meta.json", "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # not from the kernel's page cache
+        assert f.read() == open(os.path.join(sample.query_dir, "meta.json"), "rb").read()
+    asked = [p for _, p, *_ in files[0].requests_since(mark) if DOOMED_JOB in p]
+    assert any(p.endswith("/meta.json") for p in asked) and any(p.endswith(f"{DOOMED_JOB}/json") for p in asked), \
+        asked
 
 
 def test_token_expiry_during_a_mount_is_renewed(mount, api, files, sample, env):
-    api.token_seconds = 1
     env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
     m = mount(None, "--jobs-ttl", "1", *account_options(api, files), env=env)
     logins = api.logins
-    time.sleep(2.5)  # the token (and every new_token) has expired
+    api.expire_tokens()  # the token (and every new_token) has expired
     api.jobs[USER].append(job("b" * 32, "cutout", "new after expiry"))
-    wait_for(lambda: "b" * 32 in os.listdir(m.path / "cutout"))  # the job list was really fetched again
+    assert wait_for(lambda: "b" * 32 in os.listdir(m.path / "cutout"))  # the job list was really fetched again
     assert api.logins == logins + 1
     assert "signing in again" in m.log_text() and "keeping the last one" not in m.log_text()
 
@@ -199,9 +215,7 @@ def test_api_failing_later_keeps_the_last_job_list(mount, api, files, sample, en
     m = mount(None, "--jobs-ttl", "1", *account_options(api, files), env=env)
     os.listdir(m.path / "cutout")
     api.down = True
-    time.sleep(1.1)  # the list is now older than --jobs-ttl: the next look asks the API again
-    assert sample.cutout_job in os.listdir(m.path / "cutout")
-    wait_for(lambda: "keeping the last one" in m.log_text())
+    assert wait_for(lambda: os.listdir(m.path / "cutout") and "keeping the last one" in m.log_text())
     assert sample.cutout_job in os.listdir(m.path / "cutout")
     assert (m.path / "cutout" / sample.cutout_job / "summary.json").read_bytes()
 
@@ -217,3 +231,50 @@ def test_mount_and_get_by_job_id(mount, api, files, sample, env, tmp_path, form)
     assert len(source_files(tmp_path / "got")) == 14
     r = run_desfs("ls", "query/" + "0" * 32, *account_options(api, files), env=env)
     assert r.returncode == 1 and "no job" in r.stderr
+
+
+def test_no_token_or_cookie_reaches_the_file_server(mount, api, sample, env):
+    """An account mount holds an API token (and the API sets a cookie): the file server, and a host it
+    redirects to, get neither (shared/DESACCESS.md: the file server has no authentication at all)."""
+    files = FaultServer(sample.root).start()
+    other = FaultServer(sample.root, host="127.0.0.2").start()  # another host, same files
+    try:
+        src = f"/files-desaccess/{USER}/cutout/{sample.cutout_job}/summary.json"
+        files.faults.redirect = {src: other.base_url + src[len("/files-desaccess/"):]}
+        env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+        m = mount(None, "--api-url", api.url, "--files-url", files.base_url, "--timeout", "5", "--retries", "1",
+                  env=env)
+        job_dir = m.path / "cutout" / sample.cutout_job
+        assert (job_dir / "summary.json").read_bytes() == open(os.path.join(sample.cutout_dir, "summary.json"),
+                                                                "rb").read()
+        assert (m.path / "cutout" / f"{sample.cutout_job}.log").read_bytes().startswith(b"job ")
+        assert os.listdir(job_dir / "DES0226-1541")
+        assert other.count(contains="summary.json") >= 1 and files.count(suffix="/json") >= 2
+        seen = list(files.headers_seen) + list(other.headers_seen)
+        assert not [h for h in seen if {"authorization", "cookie"} & {k.lower() for k in h}]
+        secrets = [*api.tokens, PASSWORD]
+        assert not [v for h in seen for v in h.values() if any(s in v for s in secrets)]
+        assert api.calls  # the account was really signed in to
+    finally:
+        files.stop()
+        other.stop()
+
+
+def test_a_running_jobs_listings_are_trusted_10_seconds(mount, api, files, sample, env):
+    user_dir = files[1]
+    env.update(DESACCESS_USER=USER, DESACCESS_PASSWORD=PASSWORD)
+    m = mount(None, *account_options(api, files), env=env)
+    running, finished = m.path / "query" / RUNNING_JOB, m.path / "query" / sample.query_job
+    assert "late.csv" not in os.listdir(running) and "late.csv" not in os.listdir(finished)
+    listed = time.monotonic()
+    late = [user_dir / "query" / job_id / "late.csv" for job_id in (RUNNING_JOB, sample.query_job)]
+    try:
+        for path in late:
+            path.write_text("written while the job runs\n")
+        assert wait_for(lambda: "late.csv" in os.listdir(running), 20)
+        assert 9 <= time.monotonic() - listed <= 10 + 4  # trusted for 10 s (not less; not much more)
+        assert "late.csv" not in os.listdir(finished)  # a finished job's listing: --listing-ttl (120 s)
+        assert (running / "late.csv").read_text() == "written while the job runs\n"
+    finally:
+        for path in late:
+            path.unlink()

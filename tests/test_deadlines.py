@@ -88,7 +88,7 @@ def test_readers_stuck_on_a_dripping_server_do_not_starve_ls(mount, server, samp
         for path in files[:16]:
             readers.append(subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             kill_after(readers[-1])
-        wait_for(lambda: server.count("GET", "/DES0") >= 12, timeout=20)  # the kernel sends at most 12 at once
+        wait_for(lambda: server.count("GET", "/DES0") >= 12, seconds=20)  # the kernel sends at most 12 at once
         time.sleep(0.5)  # let the rest arrive, if the kernel sends them
         assert all(r.poll() is None for r in readers)  # still stuck
 
@@ -117,16 +117,16 @@ def test_sigterm_unmounts_within_two_seconds_while_reads_hang(mount, server, sam
     for r in readers:
         kill_after(r)
     try:
-        wait_for(lambda: server.count("GET", "/DES0") >= 4, timeout=20)
+        wait_for(lambda: server.count("GET", "/DES0") >= 4, seconds=20)
         pid = daemon_pid(m.log_text())
         started = time.monotonic()
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: find_mount(str(m.path)) is None, timeout=10)
+        wait_for(lambda: find_mount(str(m.path)) is None, seconds=10)
         unmounted = time.monotonic() - started
-        wait_for(lambda: not _alive(pid), timeout=10)
+        wait_for(lambda: not _alive(pid), seconds=10)
         ended = time.monotonic() - started
         assert unmounted < 2.0 and ended < 3.0, (unmounted, ended)
-        wait_for(lambda: all(r.poll() is not None for r in readers), timeout=10)  # the readers get an error
+        wait_for(lambda: all(r.poll() is not None for r in readers), seconds=10)  # the readers get an error
     finally:
         server.reset()
 

@@ -93,7 +93,9 @@ def test_interrupted_download_resumes_without_refetching(server, sample, tmp_pat
             part = parts[0]
         time.sleep(0.05)
     assert part and "big.bin" in part
-    time.sleep(0.5)  # the small files finish meanwhile
+    others = len(source_files(sample.cutout_dir)) - 1
+    while len(source_files(dest)) < others and time.monotonic() < deadline + 30:
+        time.sleep(0.05)  # the small files finish meanwhile
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
     assert "interrupted" in proc.stderr.read()

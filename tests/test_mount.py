@@ -208,11 +208,11 @@ def test_stopped_nginx_gives_eio_within_the_timeout(mount, sample, tmp_path):
         started = time.monotonic()
         with pytest.raises(OSError) as info:
             open(m.path / "DES0305-3415" / "DESJ030510.9606-341521.6000" / "DESJ030510.9606-341521.6000_g.fits", "rb")
-        assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
-        assert time.monotonic() - started < 3 * 2 + 2
+        assert info.value.errno == errno.EIO  # refused: not a timeout
+        assert time.monotonic() - started < 3  # not --timeout: a refused connection fails at once
         with pytest.raises(OSError) as info:
             open(m.path / f"positions_{sample.cutout_job}.csv", "rb").read()
-        assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+        assert info.value.errno == errno.EIO
     finally:
         stop_nginx(proc)
 
