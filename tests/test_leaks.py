@@ -272,7 +272,7 @@ class HostileMessages(FakeApi):
         self.fail_job_list = False
 
         class Handler(handler):
-            def reply(self, status, body):
+            def reply(self, status, body, **_headers):
                 if body.get("status") == "error" or (self.server.fail_job_list and self.path.endswith("/job/list")):
                     body = {"status": "error", "message": HostileMessages.message}
                 super().reply(status, body)
