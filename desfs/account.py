@@ -106,8 +106,9 @@ class AccountTree:
     def _refresh(self) -> None:
         try:
             self._load_jobs()
-        except Exception:  # never the first list here: _load_jobs keeps the last one on failure
-            log.exception("refreshing the job list failed")
+        except Exception:  # never the first list here: _load_jobs keeps the last one on OSError
+            log.exception("refreshing the job list failed: keeping the last one")
+            self._known_at = self._timer()  # asked again after another jobs_ttl, not at every lookup
         finally:
             with self._lock:
                 self._refreshing = False

@@ -103,9 +103,12 @@ class Api:
     def jobs(self) -> list[Job]:
         """The account's jobs (deleted ones are not listed), with times from job/status."""
         listed = self.call("GET", "/job/list").get("jobs") or []
+        if not isinstance(listed, list):
+            raise DesfsError(f"DESaccess /job/list answered a job list that is not a list ({type(listed).__name__})")
         detail = {}
         try:
-            for j in self.call("POST", "/job/status", {"job-id": "all"}).get("jobs") or []:
+            statuses = self.call("POST", "/job/status", {"job-id": "all"}).get("jobs")
+            for j in statuses if isinstance(statuses, list) else []:
                 if isinstance(j, dict) and j.get("job_id"):
                     detail[j["job_id"]] = j
         except DesfsError as exc:  # the list alone is enough to mount

@@ -22,6 +22,7 @@ import http.client
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -248,8 +249,8 @@ class Client:
             return self._answer(method, url, headers, consume, data, passthrough, redirects)
         except (_Retryable, ServerError, Timeout) as exc:
             if watch.fired and not isinstance(exc, Timeout):
-                raise Timeout(f"no complete answer within {watch.seconds:.0f} s (--timeout {self.timeout:g} s "
-                              f"plus the size at {MIN_RATE // 1024} KiB/s)", url) from None
+                raise Timeout(f"no complete answer within {watch.seconds:.0f} s (--timeout {self.timeout:g} s plus "
+                              f"the size at {MIN_RATE // 1024} KiB/s, shared by the transfers at once)", url) from None
             raise
         finally:
             _watchdog.end(watch)
@@ -327,20 +328,30 @@ class Client:
 
 
 class _Watch:
-    """The deadline of one try, and the socket it uses once it has one."""
+    """The deadline of one try, and the socket it uses once it has one.
 
-    __slots__ = ("started", "timeout", "deadline", "sock", "fired")
+    The bytes it may carry are timed at MIN_RATE shared among the tries in flight
+    at once (`peak`, the most there were during its life): desfs itself runs
+    several transfers at once on a slow link (readahead, `get -j`), and each
+    gets its share of the link, not all of it."""
+
+    __slots__ = ("started", "timeout", "nbytes", "peak", "sock", "fired")
 
     def __init__(self, timeout: float, nbytes: int) -> None:
         self.started = time.monotonic()
         self.timeout = timeout
-        self.deadline = self.started + allowance(timeout, nbytes)
+        self.nbytes = nbytes
+        self.peak = 1
         self.sock: socket.socket | None = None
         self.fired = False
 
     def allow(self, nbytes: int) -> None:
         """Give the try time for `nbytes` (a size learnt from the answer, or bytes already received)."""
-        self.deadline = max(self.deadline, self.started + allowance(self.timeout, nbytes))
+        self.nbytes = max(self.nbytes, nbytes)
+
+    @property
+    def deadline(self) -> float:
+        return self.started + allowance(self.timeout, self.nbytes * self.peak)
 
     @property
     def seconds(self) -> float:
@@ -358,6 +369,9 @@ class _Watchdog:
         watch = _Watch(timeout, nbytes)
         with self._cond:
             self._watches.add(watch)
+            now_in_flight = len(self._watches)
+            for w in self._watches:
+                w.peak = max(w.peak, now_in_flight)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="desfs-deadlines", daemon=True)
                 self._thread.start()
@@ -385,6 +399,9 @@ class _Watchdog:
                 _shut(sock)
 
     def _loop(self) -> None:
+        # This thread may be the first of its process (a sign-in before a mount): it must not take the
+        # stop signals that the mount's own thread waits for (cli._hold_stop_signals).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         with self._cond:
             while True:
                 now = time.monotonic()

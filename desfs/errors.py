@@ -20,8 +20,9 @@ from __future__ import annotations
 import errno
 import re
 
-# scheme://userinfo@ (userinfo up to the last '@' before the path, as urlsplit reads it)
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+# scheme://userinfo@: everything from "://" to the last '@' of the line, whatever the password holds
+# ('/', '#', '?', spaces); a line with an '@' further on loses more than it must, never less
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\n]*@")
 
 
 def redact(text: str) -> str:

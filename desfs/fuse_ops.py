@@ -34,6 +34,7 @@ if not ({"FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME"} & os.environ.keys()) and find
 from mfusepy import FUSE, FuseOSError, Operations, fuse_version_major  # noqa: E402
 
 from desfs.listing import NAME_MAX, Entry
+from desfs.mounting import PROBE_PREFIX
 from desfs.tree import MountTree, OpenFile
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class DesfsOperations(Operations):
 
     @_errno
     def getattr(self, path, fh=None):
+        if path.rpartition("/")[2].startswith(PROBE_PREFIX):  # `desfs umount` asking whether we answer
+            raise FuseOSError(errno.ENOENT)
         return self._stat(self.tree.lookup(path))
 
     @_errno

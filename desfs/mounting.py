@@ -173,6 +173,7 @@ def limit_malloc_arenas() -> bool:
     return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
 
 
+PROBE_PREFIX = ".desfs-probe-"  # names `desfs umount` looks up to see whether a mount's process answers
 PROBE_SECONDS = 2.0  # how long `desfs umount` lets a mount answer a stat before calling it hung
 
 
@@ -185,7 +186,8 @@ def _start_probe(path: str) -> subprocess.Popen:
     code = ("import os,sys\ntry: os.stat(sys.argv[1])\n"
             "except OSError as e: sys.exit(3 if e.errno in (%d, %d) else 0)" % (errno.ENOTCONN, errno.ECONNABORTED))
     # a name nobody has looked up: the kernel cannot answer from its caches, the mount's process must
-    missing = os.path.join(path, f".desfs-probe-{os.urandom(8).hex()}")
+    # (and answers it at once, without asking the server: fuse_ops)
+    missing = os.path.join(path, f"{PROBE_PREFIX}{os.urandom(8).hex()}")
     return subprocess.Popen([sys.executable, "-S", "-c", code, missing], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

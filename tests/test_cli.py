@@ -272,7 +272,8 @@ REPLACED = {"command", "foreground", "ready_fd", "handoff_fd", "log_file",
 def test_background_mount_forwards_every_option(source):
     import json
 
-    from desfs.cli import build_parser, child_argv, handoff, mount_source, take_handoff
+    from desfs.cli import build_parser
+    from desfs.cli.mount import child_argv, handoff, mount_source, take_handoff
     from desfs.credentials import Credentials
 
     given = ["mount", "--debug", "--timeout", "7.5", "--retries", "5", "--cache-size", "64M", "--block-size", "512K",

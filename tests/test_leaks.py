@@ -302,7 +302,7 @@ def test_server_messages_are_escaped_in_errors_and_logs(tmp_path, server, sample
 
 def test_quoting_matches_gnu_ls(tmp_path):
     """Names a terminal can show are quoted exactly as GNU ls's shell-escape style quotes them."""
-    from desfs.cli_account import shown
+    from desfs.cli.common import shown
 
     names = ["plain.txt", "with space.txt", "a\nb", "\x1b[31mred", "end\x1b", "don't", 'dq"x', "both'\"", "#hash",
              "a#b", "~t", "a~", "{", "a{b}", "$x", "a=b", "a\\b", "ünïcødé ✓", "a,b", "\x7f", "\x01\x02", "tab\there",

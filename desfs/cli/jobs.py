@@ -1,8 +1,7 @@
-"""Command-line layer, continued: the DESaccess account (sign-in options, job ids as SOURCE, `desfs jobs`).
+"""Command line: the DESaccess account (sign-in options, credentials, job ids as SOURCE) and `desfs jobs`.
 
-Wires credentials, the API client and the account tree; the parser and main
-are in cli.py. The password travels from the command to a background mount
-through a pipe (cli.handoff): never in argv (the process title), the environment or a log.
+The password travels from the command to a background mount through a pipe (mount.handoff):
+never in argv (the process title), the environment or a log.
 """
 
 from __future__ import annotations
@@ -12,16 +11,16 @@ import errno
 import json
 import re
 import sys
-from itertools import groupby
 from urllib.parse import quote
 
 from desfs.api import SITES, Api, Job
+from desfs.cli.common import UsageError, shown
 from desfs.client import JsonCaller
 from desfs.credentials import Credentials, find_credentials
 from desfs.errors import DesfsError
+from desfs.settings import Settings
 
 JOB_SOURCE = re.compile(r"^(?:(?P<type>[a-z_]+)/)?(?P<id>[0-9a-f]{32})(?P<rest>/.*)?$")
-
 
 def add_account_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DESaccess account (for a mount of every job, and job ids as SOURCE)")
@@ -33,7 +32,6 @@ def add_account_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-url", metavar="URL", help="the DESaccess API of another deployment (…/desaccess/api)")
     g.add_argument("--files-url", metavar="URL", help="its file server (…/files-desaccess/)")
 
-
 def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
     """(API URL, files URL, database) of the chosen site, or of --api-url/--files-url."""
     host, database = SITES[args.site]
@@ -41,19 +39,18 @@ def site_urls(args: argparse.Namespace) -> tuple[str, str, str]:
     files_url = (args.files_url or f"{host}/files-desaccess/").rstrip("/") + "/"
     return api_url, files_url, args.database or database
 
-
 def credentials(args: argparse.Namespace) -> Credentials:
     handed = getattr(args, "handed_credentials", None)  # a background mount's, from the command that started it
     if handed is not None:
         return handed
     return find_credentials(site_urls(args)[0], args.user)
 
-
 def sign_in(args: argparse.Namespace, creds: Credentials | None = None) -> Api:
     """A signed-in Api; a refused sign-in or an unreachable API is an OSError with one clear line."""
     api_url, _, database = site_urls(args)
     creds = creds or credentials(args)
-    caller = JsonCaller(api_url, timeout=args.timeout, retries=args.retries, ca_bundle=args.ca_bundle)
+    settings = Settings.from_args(args)
+    caller = JsonCaller(api_url, timeout=settings.timeout, retries=settings.retries, ca_bundle=settings.ca_bundle)
     api = Api(api_url, creds.username, creds.password, database, caller)
     try:
         api.login()
@@ -63,15 +60,12 @@ def sign_in(args: argparse.Namespace, creds: Credentials | None = None) -> Api:
         raise DesfsError(f"cannot reach the DESaccess API at {api_url}: {exc.strerror}") from None
     return api
 
-
 def resolve_source(args: argparse.Namespace, text: str) -> str:
     """The URL of SOURCE: a URL as it is; `<type>/<job_id>[/path]` or a job id through the account's job list."""
     if "://" in text:
         return text
     m = JOB_SOURCE.match(text.strip())
     if not m:
-        from desfs.cli import UsageError
-
         raise UsageError(f"SOURCE must be a URL, <type>/<job_id> or a 32-character job id, got {text!r}")
     api = sign_in(args)
     jobs = [j for j in api.jobs() if j.job_id == m["id"] and (m["type"] in (None, j.job_type))]
@@ -82,41 +76,6 @@ def resolve_source(args: argparse.Namespace, text: str) -> str:
     folder = f"{site_urls(args)[1]}{api.username}/{job.job_type}/{job.job_id}/"
     return folder + rest if rest else folder
 
-
-# Names from the server are hostile: printed, they could move the cursor, retitle or clear the
-# terminal, or reorder what is shown (bidi overrides). On a terminal, names are quoted as GNU ls
-# quotes them (shell-escape style, ready to paste into a shell); anywhere, a name holding a character
-# that is not printable (C0, DEL, C1, bidi and other format characters, line separators) is shown
-# escaped, $'\033' for ESC, so no such character ever leaves desfs raw.
-_SHELL_SPECIAL = set(" !\"$&'()*;<=>?[\\^`|")
-_C_ESCAPES = {"\a": "a", "\b": "b", "\t": "t", "\n": "n", "\v": "v", "\f": "f", "\r": "r"}
-
-
-def shown(name: str, terminal: bool) -> str:
-    """`name` for printing: quoted as `ls` does on a terminal, raw otherwise unless it holds an
-    unprintable character, which is always escaped ('a'$'\\n''b')."""
-    if name.isprintable():
-        if not terminal or not (any(c in _SHELL_SPECIAL for c in name) or name[:1] in ("#", "~")
-                                or name in ("{", "}")):
-            return name
-        if "'" in name and not any(c in '"$`\\!' for c in name):
-            return f'"{name}"'
-    parts = []
-    for printable, run in groupby(name, str.isprintable):
-        text = "".join(run)
-        parts.append("'" + text.replace("'", "'\\''") + "'" if printable
-                     else "$'" + "".join(_escape(c) for c in text) + "'")
-    if parts[0].startswith("$"):
-        parts.insert(0, "''")
-    return "".join(parts)
-
-
-def _escape(c: str) -> str:
-    if c in _C_ESCAPES:
-        return "\\" + _C_ESCAPES[c]
-    return "".join(f"\\{b:03o}" for b in c.encode("utf-8", "surrogateescape"))
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
     jobs = sorted(sign_in(args).jobs(), key=lambda j: (j.job_type, j.time_complete, j.job_id))
     if args.json:
@@ -125,7 +84,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     print(table(jobs))
     return 0
-
 
 def table(jobs: list[Job]) -> str:
     rows = [("TYPE", "ID", "NAME", "STATUS", "FINISHED", "EXPIRES")]

@@ -1,4 +1,4 @@
-"""Command-line layer, continued: `desfs get` and `desfs ls` (the parser and main are in cli.py).
+"""Command line: `desfs get` and `desfs ls`.
 
 Wires a Client and Tree for SOURCE and hands them to the download layer or
 prints listings; prints one line per failure, as the rest of the CLI.
@@ -11,17 +11,15 @@ import os
 import sys
 import time
 
-from desfs.cli import printable, source_url
-from desfs.cli_account import shown
+from desfs.cli.common import printable, shown, source_url
+from desfs.cli.jobs import resolve_source
 from desfs.tree import join
-
 
 def open_source(args: argparse.Namespace):
     """(tree, remote path, entry) for SOURCE: a folder URL, or a file URL (found by HEAD, since a
     job's .log and .tar.gz sit in a folder that cannot be listed)."""
     from urllib.parse import unquote
 
-    from desfs.cli_account import resolve_source
     from desfs.client import Client
     from desfs.errors import NotFound
     from desfs.listing import Entry
@@ -53,8 +51,7 @@ def open_source(args: argparse.Namespace):
     tree = tree_at(parent)
     return tree, "/" + name, tree.stat_file("/" + name)
 
-
-def ls(args: argparse.Namespace) -> int:
+def cmd_ls(args: argparse.Namespace) -> int:
     from desfs.download import human
 
     tree, path, entry = open_source(args)
@@ -77,14 +74,12 @@ def ls(args: argparse.Namespace) -> int:
         tree.close()
     return 0
 
-
 def _depth_first(folder: str, listings: dict):
     entries = listings[folder]
     yield folder, entries
     for name, e in entries.items():
         if e.is_dir:
             yield from _depth_first(join(folder, name), listings)
-
 
 def _ls_line(entry, human, tty: bool) -> str:
     mode = "dr-xr-xr-x" if entry.is_dir else "-r--r--r--"
@@ -93,8 +88,7 @@ def _ls_line(entry, human, tty: bool) -> str:
     stamp = time.strftime("%b %e %H:%M", when) if recent else time.strftime("%b %e  %Y", when)
     return f"{mode} {human(entry.size):>6} {stamp} {shown(entry.name, tty)}"
 
-
-def get(args: argparse.Namespace) -> int:
+def cmd_get(args: argparse.Namespace) -> int:
     from desfs.download import Downloader, Progress, human, plan_file, plan_tree
 
     tree, path, entry = open_source(args)
