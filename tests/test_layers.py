@@ -5,7 +5,8 @@ of the package with the desfs modules it may import. This test reads it (ALLOWED
 and the check are one list: a new module, or a new import across layers, fails here until the
 README's table says where it belongs, and a table entry the module no longer imports fails too.
 Imports are read from the source with ast, in every form: `import desfs.x`,
-`from desfs.x import y`, `from desfs import x`, relative imports (`from . import x`, `from .x import y`), imports inside functions, and
+`from desfs.x import y`, `from desfs import x`, relative imports (`from . import x`,
+`from .x import y`), imports inside functions, and
 `importlib.import_module("...")` / `__import__("...")` with a literal name.
 """
 
