@@ -197,8 +197,11 @@ def _probe_result(child: subprocess.Popen, timeout: float = PROBE_SECONDS) -> st
     try:
         return "dead" if child.wait(timeout) == 3 else "live"
     except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait(5)
+        child.kill()  # ends it unless the mount's process has taken its request: then it waits for the answer
+        try:
+            child.wait(0.5)
+        except subprocess.TimeoutExpired:
+            pass  # left behind; it ends when its request does (or its mount's process does)
         return "hung"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_desfs, wait_for
+from conftest import DESFS, run_desfs, wait_for
 from desfs.mounting import find_mount, lazy_unmount
 from fakeapi import FakeApi
 from faultserver import Faults
@@ -268,3 +268,57 @@ def test_a_wait_for_another_threads_load_is_bounded():
     release.set()
     loader.join(5)
     assert cache.get("k", lambda: "again") == "v"  # the load itself went on and was kept
+
+
+def test_a_foreground_mount_of_a_job_id_stops_on_sigterm(api, server, sample, env, tmp_path, kill_after):
+    """The sign-in that finds a job id's folder runs before the mount: the thread it starts (the
+    deadline watchdog) must not swallow the stop signals the mount waits for."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([*DESFS, "mount", "-f", f"cutout/{sample.cutout_job}", str(mnt), "--api-url", api.url,
+                             "--files-url", server.base_url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    kill_after(proc)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20)
+        assert os.path.ismount(mnt), proc.stderr.read()
+        # every thread blocks the stop signals (the signal thread takes them with sigwait): one that
+        # does not, the deadline watchdog started by the sign-in say, would get and lose them
+        stop_bits = sum(1 << (sig - 1) for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM))
+        for status in Path(f"/proc/{proc.pid}/task").glob("*/status"):
+            if "sigtimedwait" in (status.parent / "wchan").read_text():
+                continue  # the signal thread, in sigwait: the kernel unblocks what it waits for meanwhile
+            blocked = int(next(line for line in status.read_text().splitlines() if line.startswith("SigBlk:"))
+                          .split()[1], 16)
+            assert blocked & stop_bits == stop_bits, f"{status}: SigBlk {blocked:x}"
+        for sig in (signal.SIGTERM,):
+            started = time.monotonic()
+            proc.send_signal(sig)
+            assert proc.wait(10) == 0 and time.monotonic() - started < 2
+        assert find_mount(str(mnt)) is None
+    finally:
+        if find_mount(str(mnt)):
+            lazy_unmount(str(mnt))
+
+
+def test_umount_of_a_live_busy_mount_on_a_slow_server_says_busy(mount, server, sample, kill_after):
+    """Whether a mount answers is asked of its process, not of the server: a slow server is no hung mount."""
+    m = mount(sample.url(server.base_url), "--listing-ttl", "1")
+    holder = subprocess.Popen(["sleep", "60"], cwd=m.path)
+    kill_after(holder)
+    server.faults = Faults(match="/json", stall="before-headers", stall_count=100, stall_seconds=5)
+    time.sleep(1.1)  # the root listing is stale now: a lookup in it would ask the stalling server
+    r = run_desfs("umount", str(m.path), timeout=30)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "is busy" in lines[0] and find_mount(str(m.path)), r.stderr
+    holder.kill()
+    holder.wait()
+    server.reset()
+
+
+def test_passwords_in_urls_are_hidden_whatever_they_hold():
+    from desfs.errors import redact
+
+    for password in ("s3cret", "s cret", "se/cret", "se#cret", "se?cret", "a@b"):
+        text = redact(f"cannot mount http://bob:{password}@127.0.0.1:9/files/x/: refused")
+        assert password not in text and "bob" not in text and "127.0.0.1:9/files/x/: refused" in text, text
