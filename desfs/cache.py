@@ -5,6 +5,11 @@ are filled by a streaming `fetch(start, stop, write)` function (half-open
 ranges), so every test of this module runs without a server. Readers get views
 of the cached blocks, so a byte is copied once on its way to the kernel.
 
+The seam for another tier: a LoadingCache (single-flight loads, bounded waits)
+keeps its values in a `Store` (get / put / discard per key); `MemoryStore` is the
+one there is. A BlockCache's keys are (FileKey, block index), and every block
+comes in through `BlockCache._fill`, for a reader and for readahead alike.
+
 Internals of others relied on here: CPython's reference counts (`sys.getrefcount`) tell
 Spares that nobody holds a block's memory any more (guarded by
 tests/test_cache.py::test_spares_reuse_a_map_only_once_nothing_refers_to_it; should they
@@ -19,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import cachetools
 
@@ -62,6 +67,86 @@ class _TLRUCache(cachetools.TLRUCache):
         return key, value
 
 
+class FileKey(NamedTuple):
+    """What names one version of a file in the block caches: its URL, size and modification time.
+    A file that changes on the server has a new key, so old and new bytes never mix."""
+
+    url: str
+    size: int
+    mtime: float
+
+
+class Store(Protocol):
+    """Where a LoadingCache keeps what it has loaded, one key at a time: the seam where a tier plugs in.
+
+    MemoryStore (below) is the first implementation; tests/test_stores.py holds the tests every
+    store must pass. A store may drop anything at any time (a budget, an expiry); `put` may refuse
+    a value (too large) by keeping nothing. Called under the LoadingCache's lock."""
+
+    def get(self, key: Hashable) -> Any | None:
+        """The value kept for `key`, or None."""
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep `value` for `key` (or nothing, when the store cannot)."""
+
+    def discard(self, key: Hashable) -> bool:
+        """Forget `key`; whether it was kept."""
+
+    def keys(self) -> list[Hashable]:
+        """Every key kept now."""
+
+    @property
+    def current_size(self) -> int:
+        """What is kept, in the units of the store's budget."""
+
+    @property
+    def max_size(self) -> int:
+        """The store's budget."""
+
+
+class MemoryStore:
+    """A Store in memory: a budget in units of `getsizeof` (items by default), least recently used out
+    first, and a time to live (`ttl`: seconds, or a function of the value giving them). Tells `on_drop`
+    of every value it lets go of (evicted, expired or discarded)."""
+
+    def __init__(self, max_size: int, ttl: float | Callable[[Any], float],
+                 getsizeof: Callable[[Any], int] | None = None, timer: Callable[[], float] = time.monotonic,
+                 on_drop: Callable[[Any], None] | None = None) -> None:
+        self._on_drop = on_drop or (lambda value: None)
+        if callable(ttl):
+            self._data = _TLRUCache(maxsize=max_size, ttu=lambda _key, value, now: now + ttl(value), timer=timer,
+                                    getsizeof=getsizeof, on_drop=self._on_drop)
+        else:
+            self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
+
+    def get(self, key: Hashable) -> Any | None:
+        return self._data.get(key)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        try:
+            self._data[key] = value
+        except ValueError:  # larger than the whole budget: serve it, never keep it
+            pass
+
+    def discard(self, key: Hashable) -> bool:
+        if key not in self._data:
+            return False
+        self._on_drop(self._data.pop(key))
+        return True
+
+    def keys(self) -> list[Hashable]:
+        return list(self._data.keys())
+
+    @property
+    def current_size(self) -> int:
+        self._data.expire()
+        return int(self._data.currsize)
+
+    @property
+    def max_size(self) -> int:
+        return int(self._data.maxsize)
+
+
 class _Flight:
     """A load under way: the threads that miss the same key wait on it, until its deadline."""
 
@@ -97,36 +182,27 @@ class LoadingCache:
         timer: Callable[[], float] = time.monotonic,
         on_drop: Callable[[Any], None] | None = None,
         patience: float | None = None,
+        store: Store | None = None,
     ) -> None:
+        """Values are kept in `store`, else in a MemoryStore of these `max_size`, `ttl`, `getsizeof`,
+        `timer` and `on_drop`."""
         self.patience = patience
-        self._on_drop = on_drop or (lambda value: None)
-        if callable(ttl):
-            self._data = _TLRUCache(maxsize=max_size, ttu=lambda _key, value, now: now + ttl(value), timer=timer,
-                                    getsizeof=getsizeof, on_drop=self._on_drop)
-        else:
-            self._data = _TTLCache(maxsize=max_size, ttl=ttl, timer=timer, getsizeof=getsizeof, on_drop=self._on_drop)
+        self._store: Store = store or MemoryStore(max_size, ttl, getsizeof, timer, on_drop)
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored
 
     def get(self, key: Hashable, load: Callable[[], Any], patience: float | None = None) -> Any:
         with self._lock:
-            try:
-                value = self._data[key]
-            except KeyError:
-                pass
-            else:
+            value = self._store.get(key)
+            if value is not None:
                 return value
             flight = self._flights.get(key)
             leader = flight is None
             if leader:
                 flight = self._start(key, patience)
         if not leader:
-            if not flight.done.wait(None if flight.deadline is None else max(0.0, flight.deadline - time.monotonic())):
-                raise TimeoutError(errno.ETIMEDOUT, "gave up waiting for a load under way in another thread")
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
+            return self._wait(flight)
         try:
             value = load()
         except BaseException as exc:
@@ -135,10 +211,27 @@ class LoadingCache:
         self.fulfil(key, value)
         return value
 
+    def cached_or_waited(self, key: Hashable) -> Any | None:
+        """The value of `key`: cached, or the end of its load under way (its error raised); None when
+        it is neither cached nor being loaded."""
+        with self._lock:
+            value = self._store.get(key)
+            if value is not None:
+                return value
+            flight = self._flights.get(key)
+        return None if flight is None else self._wait(flight)
+
+    def _wait(self, flight: _Flight) -> Any:
+        if not flight.done.wait(None if flight.deadline is None else max(0.0, flight.deadline - time.monotonic())):
+            raise TimeoutError(errno.ETIMEDOUT, "gave up waiting for a load under way in another thread")
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
+
     def claim(self, key: Hashable, patience: float | None = None) -> bool:
         """Take the load of `key` on oneself: False when it is cached or already being loaded."""
         with self._lock:
-            if key in self._data or key in self._flights:
+            if self._store.get(key) is not None or key in self._flights:
                 return False
             self._start(key, patience)
             return True
@@ -148,7 +241,7 @@ class LoadingCache:
         with self._lock:
             flight = self._flights.pop(key)
             if flight.generation == self._generation:
-                self._store(key, value)
+                self._store.put(key, value)
         flight.value = value
         flight.done.set()
 
@@ -161,52 +254,41 @@ class LoadingCache:
 
     def peek(self, key: Hashable) -> Any | None:
         with self._lock:
-            return self._data.get(key)
+            return self._store.get(key)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
-            return key in self._data
+            return self._store.get(key) is not None
 
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
-            self._store(key, value)
+            self._store.put(key, value)
 
     def discard_where(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop every entry whose key satisfies `predicate`; returns how many."""
         with self._lock:
-            return self._discard([k for k in list(self._data.keys()) if predicate(k)])
+            self._generation += 1  # no load under way now is stored
+            return sum(self._store.discard(k) for k in self._store.keys() if predicate(k))
 
     def discard(self, key: Hashable) -> bool:
         """Drop one entry (without looking at every other key); whether it was there."""
         with self._lock:
-            return self._discard([key] if key in self._data else []) == 1
-
-    def _discard(self, doomed: list[Hashable]) -> int:
-        """Under the lock: drop these cached keys, and let no load under way now be stored."""
-        self._generation += 1
-        for key in doomed:
-            self._on_drop(self._data.pop(key))
-        return len(doomed)
+            self._generation += 1  # no load under way now is stored
+            return self._store.discard(key)
 
     @property
     def current_size(self) -> int:
         with self._lock:
-            self._data.expire()
-            return int(self._data.currsize)
+            return self._store.current_size
 
     @property
     def max_size(self) -> int:
-        return int(self._data.maxsize)
+        return self._store.max_size
 
     def _start(self, key: Hashable, patience: float | None) -> _Flight:
         flight = self._flights[key] = _Flight(self._generation, self.patience if patience is None else patience)
         return flight
 
-    def _store(self, key: Hashable, value: Any) -> None:
-        try:
-            self._data[key] = value
-        except ValueError:  # larger than the whole budget: serve it, never keep it
-            pass
 
 
 # A fetcher streams bytes [start, stop) of one file into `write`, in order, in pieces of any size.
@@ -272,6 +354,10 @@ class Spares:
             return self._bytes
 
 
+class OverDelivery(RuntimeError):
+    """A fetcher sent more bytes than asked for: none of what it sent is to be trusted."""
+
+
 class _BlockWriter:
     """The `write` of a fetch of a run of blocks: fills each block's own buffer in turn and
     hands it to `done(index, block)` as soon as it is complete."""
@@ -288,7 +374,7 @@ class _BlockWriter:
         """Where the next bytes go: the unfilled rest of the current block."""
         if self._block is None:
             if not self.pending:
-                raise RuntimeError("fetcher delivered more bytes than the blocks asked for")
+                raise OverDelivery("fetcher delivered more bytes than the blocks asked for")
             first = self.pending[0] * self.block_size
             self._block = self.alloc(min(self.size, first + self.block_size) - first)
             self._view = memoryview(self._block)
@@ -327,15 +413,18 @@ class BlockCache:
     SPARES_MAX = 8 * 1024 * 1024
 
     def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic,
-                 patience: Callable[[int], float] | None = None):
-        """`patience(n)`: seconds a load of n bytes may take before threads waiting for it give up."""
+                 patience: Callable[[int], float] | None = None, store: Store | None = None):
+        """`patience(n)`: seconds a load of n bytes may take before threads waiting for it give up.
+        Blocks are kept in `store` (keys: (file key, block index); values: the blocks' buffers), else
+        in memory (a MemoryStore of `max_bytes` less the spares, `ttl`)."""
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
         self._patience = patience or (lambda nbytes: None)
         spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
         self.spares = Spares(spare)
-        self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give)
+        self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
+                                   store=store)
 
     def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
@@ -357,25 +446,25 @@ class BlockCache:
         return memoryview(bytearray().join(parts))
 
     def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytearray:
-        """Block `index` of the file, fetched once however many readers want it."""
-        start = index * self.block_size
-        stop = min(size, start + self.block_size)
-
-        def load() -> bytearray:
-            got: list[bytearray] = []
-            fetch(start, stop, _BlockWriter(size, self.block_size, [index], lambda _i, block: got.append(block),
-                                            self.spares.take))
-            if not got:  # the fetcher's contract; never hand out short blocks
-                raise RuntimeError(f"fetch({start}, {stop}) ended short of the block")
-            return got[0]
-
-        return self.blocks.get((key, index), load, self._patience(stop - start))
+        """Block `index` of the file, fetched once however many readers want it: cached, or waited for
+        while another reader or readahead fetches it, or fetched here (through `_fill`, as readahead)."""
+        while True:
+            found = self.blocks.cached_or_waited((key, index))
+            if found is not None:
+                return found
+            filled = self._fill(key, size, index, index + 1, fetch)
+            if index in filled:  # (else another thread took the load first: wait for it)
+                return filled[index]
 
     def fetch_run(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> int:
-        """Fetch the blocks [first, last) that are neither cached nor under way; returns how many.
+        """Fetch the blocks [first, last) that are neither cached nor under way; returns how many (readahead)."""
+        return len(self._fill(key, size, first, last, fetch))
 
-        Each contiguous run of claimed blocks is one `fetch` call. Errors are
-        handed to the waiters of the blocks not yet delivered, and raised.
+    def _fill(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> dict[int, Any]:
+        """The one path by which blocks come into the cache: claims the blocks [first, last) that are
+        neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
+        hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
+        blocks it fetched. Errors are handed to the waiters of the blocks not yet delivered, and raised.
         """
         bs = self.block_size
         last = min(last, -(-size // bs))
@@ -386,9 +475,14 @@ class BlockCache:
                 runs[-1].append(i)
             else:
                 runs.append([i])
+        filled: dict[int, Any] = {}
+
+        def deliver(i: int, block: Any) -> None:
+            filled[i] = block
+            self.blocks.fulfil((key, i), block)
+
         for n, run in enumerate(runs):
-            splitter = _BlockWriter(size, bs, run, lambda i, block: self.blocks.fulfil((key, i), block),
-                                    self.spares.take)
+            splitter = _BlockWriter(size, bs, run, deliver, self.spares.take)
             try:
                 fetch(run[0] * bs, min(size, (run[-1] + 1) * bs), splitter)
                 if splitter.pending:
@@ -397,8 +491,12 @@ class BlockCache:
             except BaseException as exc:
                 for i in splitter.pending + [i for later in runs[n + 1:] for i in later]:
                     self.blocks.fail((key, i), exc)
+                if isinstance(exc, OverDelivery):  # the blocks it did deliver are suspect too
+                    for i in run:
+                        if filled.pop(i, None) is not None:
+                            self.blocks.discard((key, i))
                 raise
-        return len(claimed)
+        return filled
 
     def has_block(self, key: Hashable, index: int) -> bool:
         return (key, index) in self.blocks

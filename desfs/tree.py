@@ -15,7 +15,7 @@ import time
 from typing import Protocol, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
 
-from desfs.cache import BlockCache, LoadingCache
+from desfs.cache import BlockCache, FileKey, LoadingCache
 from desfs.client import Client
 from desfs.errors import NotFound, Stale, TooLarge
 from desfs.listing import Entry, Listing
@@ -222,7 +222,7 @@ class Tree:
     def open(self, path: str, entry: Entry) -> "OpenFile":
         """Version `entry` of the file at `path`, opened for reading with readahead."""
         path = normalize(path)
-        stream = ReadStream(self.blocks, self.prefetcher, (self._key(path), entry.size, entry.mtime), entry.size,
+        stream = ReadStream(self.blocks, self.prefetcher, self._file_key(path, entry), entry.size,
                             self._fetcher(path, entry), self.settings.readahead_min, self.readahead_max)
         return OpenFile(self, path, stream)
 
@@ -230,8 +230,7 @@ class Tree:
         """Bytes [offset, offset+length) of version `entry` of the file at `path`, clipped to its end."""
         path = normalize(path)
         try:
-            key = (self._key(path), entry.size, entry.mtime)
-            return self.blocks.read(key, entry.size, offset, length, self._fetcher(path, entry))
+            return self.blocks.read(self._file_key(path, entry), entry.size, offset, length, self._fetcher(path, entry))
         except (Stale, NotFound) as exc:
             self.file_failed(path, exc)
             raise
@@ -259,6 +258,11 @@ class Tree:
     def url(self, path: str) -> str:
         return self.client.url(normalize(path))
 
+    def _file_key(self, path: str, entry: Entry) -> FileKey:
+        """The name of this version of the file in the block cache: its URL (the same in every mount
+        and tree that reaches it), size and time."""
+        return FileKey(self.client.url(path), entry.size, entry.mtime)
+
     def _fetcher(self, path: str, entry: Entry):
         return lambda start, stop, write: self.client.fetch(path, start, stop, entry, write)
 
@@ -275,7 +279,8 @@ class Tree:
         prefix = key.rstrip("/") + "/"
         below = lambda k: k == key or k.startswith(prefix)  # noqa: E731
         listings = self.listings.discard_where(below)
-        blocks = self.blocks.discard_file(lambda key: below(key[0]))
+        url, folder_url = self.client.url(path), self.client.url(path, folder=True)
+        blocks = self.blocks.discard_file(lambda file: file.url == url or file.url.startswith(folder_url))
         if listings or blocks:
             log.info("dropped %d listings and %d blocks under %s", listings, blocks, key)
 
