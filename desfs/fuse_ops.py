@@ -33,6 +33,7 @@ if not ({"FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME"} & os.environ.keys()) and find
 
 from mfusepy import FUSE, FuseOSError, Operations, fuse_version_major  # noqa: E402
 
+from desfs import platform
 from desfs.listing import NAME_MAX, Entry
 from desfs.mounting import PROBE_PREFIX
 from desfs.tree import MountTree, OpenFile
@@ -240,21 +241,9 @@ def raise_kernel_readahead(mountpoint: str) -> int | None:
         st = os.stat(mountpoint)
     except OSError:
         return None
-    entry = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-    try:
-        with open(entry) as f:
-            now = int(f.read())
-    except (OSError, ValueError):
-        return None
-    if fuse_version_major < 3 or now >= KERNEL_READAHEAD_KB:  # libfuse 2 sends 128 KiB reads whatever this is
-        return now
-    try:
-        with open(entry, "w") as f:
-            f.write(str(KERNEL_READAHEAD_KB))
-    except OSError:  # not root
-        return now
-    return KERNEL_READAHEAD_KB
-
+    if fuse_version_major < 3:  # libfuse 2 sends 128 KiB reads whatever the readahead is
+        return platform.kernel_readahead(st.st_dev)
+    return platform.kernel_readahead(st.st_dev, KERNEL_READAHEAD_KB)
 
 FUSE_THREADS = 128  # libfuse 3's worker threads at most (its default, 10, lets a few hung reads freeze the mount)
 

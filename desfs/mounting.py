@@ -1,22 +1,24 @@
 """Mount lifecycle: is a path mounted, can it be mounted on (one mount at a time), and unmounting it;
 the serving process kept out of core dumps.
 
-Reads /proc/self/mountinfo and runs fusermount; knows nothing of HTTP, caches
-or FUSE callbacks. Failures are MountError with a one-line message for the user.
+Reads the mount table and unmounts through desfs.platform (Linux: /proc/self/mountinfo and
+fusermount3); knows nothing of HTTP, caches or FUSE callbacks. Failures are MountError with a
+one-line message for the user.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from desfs import platform
+from desfs.platform import forbid_core_dumps, limit_malloc_arenas  # noqa: F401 (the daemon's, from here)
 
 FSTYPE = "fuse.desfs"
 log = logging.getLogger(__name__)
@@ -33,20 +35,8 @@ class MountInfo:
     source: str
 
 
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo
-    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
-
-
 def mounts() -> list[MountInfo]:
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, tail = left.split(), right.split()
-            if len(fields) >= 5 and len(tail) >= 2:
-                found.append(MountInfo(_unescape(fields[4]), tail[0], _unescape(tail[1])))
-    return found
+    return [MountInfo(*row) for row in platform.mount_table()]
 
 
 def absolute(path: str) -> str:
@@ -141,38 +131,6 @@ def _lock_folder() -> str:
     return folder
 
 
-PR_SET_DUMPABLE = 4  # linux/prctl.h
-
-
-def forbid_core_dumps() -> bool:
-    """Make this process non-dumpable (Linux; a no-op elsewhere): no core file of it, no ptrace or
-    /proc/<pid>/mem, environ or maps for its user, only for root: the password and tokens a mount
-    holds stay in its memory. True when it took effect."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-M_ARENA_MAX = -8  # glibc's malloc.h
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> bool:
-    """Let glibc's malloc keep at most MALLOC_ARENAS arenas (its default: 8 per CPU). A mount runs up to
-    128 FUSE threads; each thread that allocates (a block's bookkeeping, a parsed listing) would
-    otherwise get an arena of its own, and memory freed in one is kept there: measured on the
-    concurrent-faults test, peak RSS 76-83 MiB with the default, 63 MiB with 2. Call before
-    threads start. True when it took effect (glibc only)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
-
-
 PROBE_PREFIX = ".desfs-probe-"  # names `desfs umount` looks up to see whether a mount's process answers
 PROBE_SECONDS = 2.0  # how long `desfs umount` lets a mount answer a stat before calling it hung
 
@@ -246,7 +204,9 @@ def lazy_unmount(path: str) -> None:
 
 
 def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is None:
-        raise MountError("fusermount3 not found: install the 'fuse3' package")
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=30)
+    """fusermount3 -u or -uz (`args`), or what unmounts on this platform (desfs.platform)."""
+    try:
+        argv = platform.unmount_argv(args[1], lazy=args[0] == "-uz")
+    except FileNotFoundError as exc:
+        raise MountError(str(exc)) from None
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)

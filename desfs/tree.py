@@ -7,7 +7,6 @@ and the download command share it and it is tested without a mount.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import threading
@@ -15,6 +14,7 @@ import time
 from typing import Protocol, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
 
+from desfs import platform
 from desfs.cache import BlockCache, FileKey, LoadingCache
 from desfs.client import Client
 from desfs.errors import NotFound, Stale, TooLarge
@@ -309,13 +309,9 @@ def join(folder: str, name: str) -> str:
     return folder.rstrip("/") + "/" + name
 
 
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries have none
-
-
 def _release_free_memory() -> None:
     """Hand the memory malloc holds free back to the system."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    platform.malloc_trim()
 
 
 def _listing_size(listing: Listing) -> int:
