@@ -25,7 +25,7 @@ from desfs.client import Client
 from desfs.errors import NotFound
 from desfs.listing import Entry, Listing, name_problem
 from desfs.settings import DEFAULTS, Settings
-from desfs.tree import Caches, Tree, normalize
+from desfs.tree import Caches, Tree, entry_attributes, normalize
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,23 @@ class AccountTree:
         if route.kind != "link":
             raise OSError(errno.EINVAL, "not a symbolic link", path)
         return self._links()[route.name]
+
+    def attributes(self, path: str) -> dict[str, str]:
+        route = self._route(path)
+        kind = route.kind
+        if kind == "root":
+            return {"url": f"{self.files_url}{self.api.username}/"}  # as _client makes it
+        if kind == "type":
+            return {"url": self._type_tree(route.job_type).url("/")}
+        if kind == "sidecar":
+            return entry_attributes(self._type_tree(route.job_type).url("/" + route.name), route.entry)
+        if kind != "job":
+            return {}  # by-name and its links are desfs's own
+        found = self._tree(route.key, route.job).attributes(route.rest)
+        if route.rest == "/":
+            job = route.job
+            found.update(job_name=job.name, status=job.status, expires=job.expires)
+        return found
 
     def _file_tree(self, path: str) -> tuple[Tree, str]:
         route = self._route(path)

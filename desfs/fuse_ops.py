@@ -43,10 +43,13 @@ log = logging.getLogger(__name__)
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
 LINK_MODE = stat.S_IFLNK | 0o777
+XATTR_PREFIX = "user.desfs."  # the extended attributes desfs shows (tree.MountTree.attributes)
 BLKSIZE = 1024 * 1024  # tells cp, cat and friends to read in big chunks
 
 
-_QUIET = frozenset({errno.ENOENT, errno.EROFS, errno.EISDIR, errno.ENOTDIR})  # a user's mistake, not a fault
+ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)  # macOS names it ENOATTR
+# a user's mistake, not a fault
+_QUIET = frozenset({errno.ENOENT, errno.EROFS, errno.EISDIR, errno.ENOTDIR, ENOATTR, errno.ENOTSUP})
 
 
 def _errno(method: Callable) -> Callable:
@@ -170,6 +173,29 @@ class DesfsOperations(Operations):
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
         return 0
+
+    # -- extended attributes: user.desfs.url, .etag; .job_name, .status, .expires of an account's job folder
+
+    @_errno
+    def listxattr(self, path):
+        return [XATTR_PREFIX + key for key in self.tree.attributes(path)]
+
+    @_errno
+    def getxattr(self, path, name, position=0):
+        if not name.startswith(XATTR_PREFIX):  # ls asks every file for its ACL and SELinux label: none
+            raise FuseOSError(ENOATTR)
+        value = self.tree.attributes(path).get(name[len(XATTR_PREFIX):])
+        if value is None:
+            raise FuseOSError(ENOATTR)
+        return value.encode("utf-8", "surrogateescape")
+
+    @_errno
+    def setxattr(self, path, name, value, options, position=0):
+        raise FuseOSError(errno.EROFS if name.startswith(XATTR_PREFIX) else errno.ENOTSUP)
+
+    @_errno
+    def removexattr(self, path, name):
+        raise FuseOSError(errno.EROFS if name.startswith(XATTR_PREFIX) else errno.ENOTSUP)
 
     def statfs(self, path):
         return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_namemax": NAME_MAX}

@@ -135,3 +135,21 @@ def malloc_trim() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if LINUX else None
     if trim is not None:
         trim(0)
+
+
+def get_xattr(path: str, name: str) -> bytes:
+    """An extended attribute of `path` (following symlinks): os.getxattr on Linux; elsewhere libc's
+    getxattr, which on macOS takes a position and options too. OSError when it has none."""
+    if LINUX:
+        return os.getxattr(path, name)
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = (os.fsencode(path), name.encode())
+    extra = (ctypes.c_uint32(0), ctypes.c_int(0)) if sys.platform == "darwin" else ()
+    size = libc.getxattr(*args, None, ctypes.c_size_t(0), *extra)
+    if size >= 0:
+        buf = ctypes.create_string_buffer(size)
+        size = libc.getxattr(*args, buf, ctypes.c_size_t(size), *extra)
+    if size < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return buf.raw[:size]

@@ -59,6 +59,11 @@ class MountTree(Protocol):
     def readlink(self, path: str) -> str:
         """A symbolic link's target (EINVAL for anything else)."""
 
+    def attributes(self, path: str) -> dict[str, str]:
+        """What desfs knows of `path` beyond its stat, without a request of its own: `url` (a folder's
+        ends with '/'), `etag` of a file (as the server would send it), and for a job folder of an
+        account `job_name`, `status`, `expires`. Virtual entries (by-name) have none."""
+
     def close(self) -> None:
         """Let go of worker threads and caches (at unmount)."""
 
@@ -246,6 +251,10 @@ class Tree:
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
 
+    def attributes(self, path: str) -> dict[str, str]:
+        entry = self.lookup(path)  # from the cached listing: the kernel has just looked the path up
+        return entry_attributes(self.client.url(normalize(path), folder=entry.is_dir), entry)
+
     def stat_file(self, path: str) -> Entry:
         """A file's entry from the server itself (HEAD), for a file no listing shows (a job's .log)."""
         return self.client.stat(normalize(path))
@@ -298,6 +307,13 @@ class OpenFile:
         except (Stale, NotFound) as exc:  # a plain try: this is every FUSE read's path
             self.tree.file_failed(self.path, exc)
             raise
+
+
+def entry_attributes(url: str, entry: Entry) -> dict[str, str]:
+    """A file's or folder's `url`, and a file's `etag`: nginx's, made of the time and size the listing gave."""
+    if entry.is_dir:
+        return {"url": url}
+    return {"url": url, "etag": '"%x-%x"' % (int(entry.mtime), entry.size)}
 
 
 def normalize(path: str) -> str:

@@ -115,7 +115,7 @@ def test_both_trees_speak_the_mount_tree_interface():
     from desfs.tree import MountTree
 
     wanted = {name for name, value in vars(MountTree).items() if callable(value) and not name.startswith("_")}
-    assert wanted == {"lookup", "list_dir", "read_folder", "open", "read", "readlink", "close"}
+    assert wanted == {"lookup", "list_dir", "read_folder", "open", "read", "readlink", "attributes", "close"}
     for cls in (Tree, AccountTree):
         for name in wanted:
             have = list(inspect.signature(getattr(cls, name)).parameters)

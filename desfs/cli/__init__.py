@@ -6,6 +6,7 @@
     mount    `desfs mount` (SOURCE, background start, the pipe to the daemon) and `desfs umount`
     demo     `desfs demo`
     get      `desfs get` and `desfs ls`
+    url      `desfs url`
 
 Each imports only modules listed above it. Expected failures are one line on
 stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure, 2 usage
@@ -23,6 +24,7 @@ from desfs.cli.demo import cmd_demo
 from desfs.cli.get import cmd_get, cmd_ls
 from desfs.cli.jobs import add_account_options, cmd_jobs
 from desfs.cli.mount import MOUNT_GROUPS, cmd_mount, cmd_umount
+from desfs.cli.url import cmd_url
 from desfs.credentials import NoCredentials
 from desfs.errors import redact
 from desfs.mounting import MountError
@@ -94,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_options(j, NETWORK)
     add_account_options(j)
 
+    url = sub.add_parser("url", help="print the URL of files and folders of a mount", description=(
+        "Print the URL of each PATH in a desfs mount (its user.desfs.url attribute), one a line: to share a "
+        "file, or to hand it to another tool. Anyone with a job's URL can read the job's files."))
+    url.add_argument("paths", metavar="PATH", nargs="+", help="a file or folder in a desfs mount")
+
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
         "Start a local file server that answers like the DES file server, over a generated sample "
         "cutout job and query job, and mount the cutout job. Ctrl-C unmounts and stops."))
@@ -125,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
-            "jobs": cmd_jobs}
+            "jobs": cmd_jobs, "url": cmd_url}
