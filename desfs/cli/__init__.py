@@ -7,6 +7,7 @@
     demo     `desfs demo`
     get      `desfs get` and `desfs ls`
     url      `desfs url`
+    completion  `desfs completion bash|zsh` (shtab)
 
 Each imports only modules listed above it. Expected failures are one line on
 stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure, 2 usage
@@ -19,6 +20,8 @@ import argparse
 import sys
 
 from desfs import __version__
+from desfs.cli.completion import FILE, FOLDER, MOUNTPOINTS, SHELLS
+from desfs.cli.completion import script as completion_script
 from desfs.cli.common import DEFAULT_LOG, UsageError, log, printable, setup_logging
 from desfs.cli.demo import cmd_demo
 from desfs.cli.get import cmd_get, cmd_ls
@@ -44,15 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         "MOUNTPOINT mounts one job folder: a URL whose folders answer <folder>/json, or <type>/<job_id> or a "
         "job id of the signed-in account. Goes to the background once the mount is live, unless -f."))
     m.add_argument("source", metavar="SOURCE", nargs="?",
-                   help="URL of a job folder (or a folder below one), <type>/<job_id>, or a job id")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder")
+                   help="URL of a job folder (or a folder below one), <type>/<job_id>, or a job id"
+                   ).complete = FOLDER  # or the mount point of an account mount
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder").complete = FOLDER
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, passed through (e.g. allow_other)")
     m.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="log every request (to the log file, or stderr with -f); tracebacks on errors")
     m.add_argument("--log-file", metavar="FILE",
-                   help=f"where a background mount logs, private to you (default: {DEFAULT_LOG})")
+                   help=f"where a background mount logs, private to you (default: {DEFAULT_LOG})").complete = FILE
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--handoff-fd", type=int, help=argparse.SUPPRESS)
     Settings.add_options(m, *MOUNT_GROUPS)
@@ -60,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("umount", help="unmount a desfs mount", description=(
         "Unmount a desfs mount; also cleans up a mount whose process died."))
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT").complete = MOUNTPOINTS
 
     g = sub.add_parser("get", help="download a job folder or file, resumably", description=(
         "Download the folder or file at SOURCE into DEST (default: a folder or file named after it), several "
         "files at once. Files already complete (size and time match) are skipped; an interrupted run leaves "
         "hidden .desfs-part files that the next run continues."))
     g.add_argument("source", metavar="SOURCE", help="URL of a job folder, a folder below one, or a file")
-    g.add_argument("dest", metavar="DEST", nargs="?", help="where to put it")
+    g.add_argument("dest", metavar="DEST", nargs="?", help="where to put it").complete = FILE
     g.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="downloads at once (default: 4)")
     g.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="only files matching GLOB (name, or path if it has '/'); repeatable, e.g. '*_r.fits'")
@@ -99,14 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     url = sub.add_parser("url", help="print the URL of files and folders of a mount", description=(
         "Print the URL of each PATH in a desfs mount (its user.desfs.url attribute), one a line: to share a "
         "file, or to hand it to another tool. Anyone with a job's URL can read the job's files."))
-    url.add_argument("paths", metavar="PATH", nargs="+", help="a file or folder in a desfs mount")
+    url.add_argument("paths", metavar="PATH", nargs="+", help="a file or folder in a desfs mount").complete = FILE
 
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
         "Start a local file server that answers like the DES file server, over a generated sample "
         "cutout job and query job, and mount the cutout job. Ctrl-C unmounts and stops."))
-    d.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder (default: a temporary one)")
+    d.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="an empty folder (default: a temporary one)"
+                   ).complete = FOLDER
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    c = sub.add_parser("completion", help="print the shell completion script for bash or zsh", description=(
+        "Print a completion script for bash or zsh, made from desfs's own parser. bash: "
+        "desfs completion bash > ~/.local/share/bash-completion/completions/desfs; zsh: "
+        "desfs completion zsh > ~/.zfunc/_desfs, with fpath+=(~/.zfunc) before compinit in ~/.zshrc."))
+    c.add_argument("shell", choices=SHELLS)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(completion_script(build_parser(), args.shell).rstrip("\n") + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
-            "jobs": cmd_jobs, "url": cmd_url}
+            "jobs": cmd_jobs, "url": cmd_url, "completion": cmd_completion}
