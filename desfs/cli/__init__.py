@@ -7,6 +7,7 @@
     demo     `desfs demo`
     get      `desfs get` and `desfs ls`
     url      `desfs url`
+    fstab    desfs as mount(8)'s helper: `desfs SOURCE MOUNTPOINT -o OPTIONS`
     completion  `desfs completion bash|zsh` (shtab)
 
 Each imports only modules listed above it. Expected failures are one line on
@@ -24,6 +25,7 @@ from desfs.cli.completion import FILE, FOLDER, MOUNTPOINTS, SHELLS
 from desfs.cli.completion import script as completion_script
 from desfs.cli.common import DEFAULT_LOG, UsageError, log, printable, setup_logging
 from desfs.cli.demo import cmd_demo
+from desfs.cli.fstab import helper_argv, helper_environment, is_helper_call
 from desfs.cli.get import cmd_get, cmd_ls
 from desfs.cli.jobs import add_account_options, cmd_jobs
 from desfs.cli.mount import MOUNT_GROUPS, cmd_mount, cmd_umount
@@ -127,6 +129,14 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if is_helper_call(argv, COMMANDS):  # desfs SOURCE MOUNTPOINT -o OPTIONS: mount(8) through mount.fuse3
+        try:
+            argv = helper_argv(argv, _mount_flags(parser))
+        except UsageError as exc:
+            print(printable(redact(f"desfs: {exc}")), file=sys.stderr)
+            return 2
+        helper_environment()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -145,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("desfs: interrupted", file=sys.stderr)
         return 130
+
+
+def _mount_flags(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """desfs mount's long options ('_' for '-', no dashes) → whether they take a value."""
+    mount = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["mount"]
+    return {o[2:].replace("-", "_"): a.nargs != 0 for o, a in mount._option_string_actions.items()
+            if o.startswith("--") and a.help != argparse.SUPPRESS}
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,

@@ -20,6 +20,7 @@ import time
 
 from desfs.cli.common import DEFAULT_LOG, UsageError, open_log, source_url
 from desfs.cli.daemon import TreeMaker, serve
+from desfs.cli.fstab import ACCOUNT_SOURCE
 from desfs.cli.jobs import credentials, resolve_source, sign_in, site_urls
 from desfs.credentials import Credentials
 from desfs.mounting import MountError, check_mountpoint, unmount
@@ -80,6 +81,9 @@ def mount_source(args: argparse.Namespace) -> str | None:
     if args.mountpoint is None:  # desfs mount ~/des: the whole account
         args.mountpoint, args.source = args.source, None
         return None
+    if args.source == ACCOUNT_SOURCE:  # desfs mount desaccess ~/des (an fstab line's SOURCE)
+        args.source = None
+        return None
     if "://" not in args.source:
         return source_url(resolve_source(args, args.source))  # a job id: signs in to find the job's folder
     return source_url(args.source)
@@ -118,12 +122,18 @@ def fuse_options(groups: list[str]) -> dict:
     # fsname is shown to every local user (/proc/mounts, df): never the URL, the key to the job's files.
     options: dict = {"ro": True, "nosuid": True, "nodev": True, "subtype": "desfs", "auto_cache": True,
                      "fsname": "desfs"}
+    overridden = []
     for group in groups:
         for opt in filter(None, group.split(",")):
             key, eq, value = opt.partition("=")
-            if key in ("rw",):
-                raise UsageError("desfs is read-only: option 'rw' is not supported")
+            if key in ("rw", "dev", "suid"):  # mount(8) and mount.fuse3 hand these over on every mount
+                overridden.append(key)
+                continue
+            if key in ("ro", "nosuid", "nodev"):
+                continue
             options[key] = value if eq else True
+    if overridden:
+        log.info("options %s accepted and ignored: a desfs mount is always ro,nosuid,nodev", ",".join(overridden))
     return options
 
 def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_fd: int, handoff_fd: int) -> list[str]:
