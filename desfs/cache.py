@@ -28,6 +28,8 @@ from typing import Any, NamedTuple, Protocol
 
 import cachetools
 
+from desfs.stats import COUNTERS
+
 
 class _TTLCache(cachetools.TTLCache):
     """cachetools' TTLCache, telling `on_drop` of each value it evicts or expires."""
@@ -451,7 +453,9 @@ class BlockCache:
         while True:
             found = self.blocks.cached_or_waited((key, index))
             if found is not None:
+                COUNTERS.add("block_hits")
                 return found
+            COUNTERS.add("block_misses")
             filled = self._fill(key, size, index, index + 1, fetch)
             if index in filled:  # (else another thread took the load first: wait for it)
                 return filled[index]

@@ -41,6 +41,7 @@ from desfs import __version__
 from desfs.errors import AccessDenied, DesfsError, NotFound, ServerError, Stale, Timeout, TooLarge, redact
 from desfs.listing import Entry, Listing, ListingParser
 from desfs.settings import MIN_RATE, RETRY_AFTER_MAX, allowance
+from desfs.stats import COUNTERS
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class Client:
                 sink.filled(n)
                 done += n
                 want -= n
+                COUNTERS.add("bytes_fetched", n)
             if body is not None and body.isclosed():  # read to its end: the connection can serve again
                 resp.raw.release_conn()  # (urllib3 does this in its own read, which is bypassed here)
 
@@ -256,6 +258,14 @@ class Client:
             _watchdog.end(watch)
 
     def _answer(self, method, url, headers, consume, data, passthrough, redirects):
+        COUNTERS.add("requests")
+        COUNTERS.add("in_flight")
+        try:
+            return self._answer_counted(method, url, headers, consume, data, passthrough, redirects)
+        finally:
+            COUNTERS.add("in_flight", -1)
+
+    def _answer_counted(self, method, url, headers, consume, data, passthrough, redirects):
         started = time.monotonic()
         try:
             resp = self.session.request(

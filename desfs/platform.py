@@ -153,3 +153,14 @@ def get_xattr(path: str, name: str) -> bytes:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return buf.raw[:size]
+
+
+def memory_rss() -> int | None:
+    """This process's resident memory in bytes (Linux: /proc/self/statm); None elsewhere."""
+    if not LINUX:
+        return None
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,6 +1,7 @@
 """Command-line layer: `desfs` and its commands; builds objects from user input and wires the layers.
 
     common   usage errors, SOURCE URLs, logging, printing hostile text safely
+    status   `desfs status`, and the status socket of a mount's process
     jobs     the DESaccess account: sign-in options, credentials, job ids as SOURCE; `desfs jobs`
     daemon   the process serving a mount: serve(), stop signals
     mount    `desfs mount` (SOURCE, background start, the pipe to the daemon) and `desfs umount`
@@ -29,6 +30,7 @@ from desfs.cli.fstab import helper_argv, helper_environment, is_helper_call
 from desfs.cli.get import cmd_get, cmd_ls
 from desfs.cli.jobs import add_account_options, cmd_jobs
 from desfs.cli.mount import MOUNT_GROUPS, cmd_mount, cmd_umount
+from desfs.cli.status import cmd_status
 from desfs.cli.url import cmd_url
 from desfs.credentials import NoCredentials
 from desfs.errors import redact
@@ -102,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_options(j, NETWORK)
     add_account_options(j)
 
+    st = sub.add_parser("status", help="what each of your desfs mounts is doing", description=(
+        "Every live desfs mount of yours: source, mount point, process, uptime, requests and bytes fetched, "
+        "cache use and hit rate, transfers in flight, the last errors; a mount whose process died or does "
+        "not answer, with the command that cleans it up. Asks each mount's process over a private socket, "
+        "never the mount itself."))
+    st.add_argument("--json", action="store_true", help="as JSON, for scripts")
+
     url = sub.add_parser("url", help="print the URL of files and folders of a mount", description=(
         "Print the URL of each PATH in a desfs mount (its user.desfs.url attribute), one a line: to share a "
         "file, or to hand it to another tool. Anyone with a job's URL can read the job's files."))
@@ -165,4 +174,5 @@ def _mount_flags(parser: argparse.ArgumentParser) -> dict[str, bool]:
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
-            "jobs": cmd_jobs, "url": cmd_url, "completion": cmd_completion}
+            "jobs": cmd_jobs, "url": cmd_url, "completion": cmd_completion,
+            "status": cmd_status}

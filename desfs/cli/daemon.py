@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from desfs.cli.common import UsageError
+from desfs.cli.status import StatusServer
 from desfs.credentials import NoCredentials
 from desfs.mounting import MountError, MountpointLock, detach, forbid_core_dumps, limit_malloc_arenas
 from desfs.settings import Settings
@@ -104,9 +105,14 @@ def serve(mountpoint: str, settings: Settings, make_tree: TreeMaker, *, fuse_opt
     serving: list[DesfsOperations] = []
     cleaned = threading.Lock()
 
+    statuses: list[StatusServer] = []
+
     def clean_up() -> None:
-        if cleanup and cleaned.acquire(blocking=False):  # once, from whichever thread gets here first
-            cleanup()
+        if cleaned.acquire(blocking=False):  # once, from whichever thread gets here first
+            for status in statuses:
+                status.close()
+            if cleanup:
+                cleanup()
 
     _stop_on_signals(lambda: serving[0].mountpoint if serving and serving[0].started else None, finished, clean_up)
     forbid_core_dumps()  # the serving process holds the password and tokens: no core file, no /proc/<pid>/mem
@@ -130,6 +136,13 @@ def serve(mountpoint: str, settings: Settings, make_tree: TreeMaker, *, fuse_opt
             raise
         ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), on_ready and on_ready()), mountpoint=mountpoint)
         serving.append(ops)
+        status = StatusServer(mountpoint, source, tree)  # desfs status asks it, never the mount
+        try:
+            status.start()
+            statuses.append(status)
+        except OSError as exc:
+            status.close()
+            log.warning("no status socket (%s): desfs status will not show this mount", exc)
         log.info("mounting %s on %s (pid %d)", source, mountpoint, os.getpid())
         logged = os.path.getsize(log_file) if log_file and os.path.exists(log_file) else 0
         try:
