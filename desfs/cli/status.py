@@ -159,16 +159,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _state_folders() -> list[str]:
+    """Where mounts of this user may have put their sockets: a mount started by mount(8) or systemd may
+    have seen another XDG_RUNTIME_DIR than this shell (or none)."""
+    folders = [state_folder(), f"/run/user/{os.getuid()}/desfs",
+               os.path.join(os.path.expanduser("~"), ".cache", "desfs", "run")]
+    return [f for i, f in enumerate(folders) if f not in folders[:i] and os.path.isdir(f)]
+
+
 def mounts_status() -> list[dict]:
     """The status of every desfs mount of this user (those whose process has a status file)."""
-    folder = state_folder()
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
-    except OSError:
-        return []
+    metas = []
+    for folder in _state_folders():
+        try:
+            metas += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
+        except OSError:
+            continue
     found = []
-    for name in names:
-        meta_path = os.path.join(folder, name)
+    for meta_path in metas:
         sock_path = meta_path[: -len(".json")] + ".sock"
         try:
             with open(meta_path) as f:
