@@ -87,8 +87,10 @@ class DesfsOperations(Operations):
     use_ns = True
 
     def __init__(self, tree: MountTree, on_ready: Callable[[], None] | None = None,
-                 mountpoint: str | None = None) -> None:
+                 mountpoint: str | None = None, xattrs: bool = True) -> None:
         self.tree = tree
+        if not xattrs:  # left out of libfuse's table: the kernel, told ENOSYS once, stops asking for any
+            self.getxattr = self.listxattr = self.setxattr = self.removexattr = None
         self.mountpoint = mountpoint
         self.started = False  # the kernel has sent INIT: mounted
         self.uid, self.gid = os.getuid(), os.getgid()

@@ -55,6 +55,15 @@ def count(text: str) -> int:
     return value
 
 
+def on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "yes", "true", "1"):
+        return True
+    if value in ("off", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"not on or off: {text!r}")
+
+
 def allowance(timeout: float, nbytes: int) -> float:
     """Seconds one try of a request for `nbytes` may take in all: `timeout`, plus the bytes at MIN_RATE.
     Enforced by client.py's watchdog (the socket is shut when it runs out), so a server that keeps
@@ -105,6 +114,9 @@ class Settings:
         "(default: %s, at most a quarter of --cache-size)"))
     connections: int = field(default=8, metadata=option(
         CACHING, count, "N", "range requests that readahead makes at once (default: %s)"))
+    xattrs: bool = field(default=True, metadata=option(
+        CACHING, on_off, "on|off", "extended attributes user.desfs.* (URL, ETag, job): 'off' spares the round "
+        "trip through desfs that 'ls -l' makes per name to ask for ACLs and labels (default: on)", shown="on"))
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))

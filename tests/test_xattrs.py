@@ -114,3 +114,18 @@ def test_account_job_folders_show_name_status_expiry(mount, api, nginx, sample, 
     result = run_desfs("url", str(m.path / "by-name" / "my cutouts"), str(m.path / "by-name"))
     assert result.stdout.splitlines() == [sample.url(nginx.base_url)]  # a link is followed to its job
     assert result.returncode == 1 and "by-name: no URL" in result.stderr
+
+
+def test_xattrs_off_leaves_them_out(mount, sample, nginx):
+    """--xattrs off: no attributes, and the kernel (told ENOSYS once) stops asking: `ls -l` of a folder
+    costs no round trip per name for ACLs and labels."""
+    m = mount(sample.url(nginx.base_url), "--xattrs", "off")
+    for _ in range(2):
+        with pytest.raises(OSError) as info:
+            os.getxattr(m.path / "summary.json", "user.desfs.url")
+        assert info.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError) as listing:
+        os.listxattr(m.path)
+    assert listing.value.errno == errno.EOPNOTSUPP
+    result = run_desfs("url", str(m.path / "summary.json"))
+    assert result.returncode == 1 and "no URL" in result.stderr

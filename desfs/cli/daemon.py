@@ -134,7 +134,8 @@ def serve(mountpoint: str, settings: Settings, make_tree: TreeMaker, *, fuse_opt
         except (MountError, UsageError, NoCredentials, ValueError, OSError) as exc:
             report(f"error: {exc}")
             raise
-        ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), on_ready and on_ready()), mountpoint=mountpoint)
+        ops = DesfsOperations(tree, on_ready=lambda: (report("ok"), on_ready and on_ready()), mountpoint=mountpoint,
+                              xattrs=settings.xattrs)
         serving.append(ops)
         status = StatusServer(mountpoint, source, tree)  # desfs status asks it, never the mount
         try:
