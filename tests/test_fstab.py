@@ -42,7 +42,10 @@ def in_namespace(script: str, homes: dict[str, str], fstab: str | None = None,
     Path(bin_dir, "desfs").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m desfs \"$@\"\n")
     os.chmod(Path(bin_dir, "desfs"), 0o755)
     homes = dict(homes)
-    root_home = Path(homes.setdefault("/root", str(public_dir())))
+    made_root_home = "/root" not in homes
+    if made_root_home:
+        homes["/root"] = str(public_dir())
+    root_home = Path(homes["/root"])
     prelude = f"set -e\nmount --bind {bin_dir} /usr/local/bin\n"
     python = os.path.realpath(sys.executable)
     if python.startswith("/root/"):
@@ -60,7 +63,7 @@ def in_namespace(script: str, homes: dict[str, str], fstab: str | None = None,
                               capture_output=True, text=True, timeout=timeout)
     finally:
         shutil.rmtree(bin_dir, ignore_errors=True)
-        if "/root" not in homes or homes["/root"] == str(root_home):
+        if made_root_home:
             shutil.rmtree(root_home, ignore_errors=True)  # (the mounts inside are gone with the namespace)
 
 
