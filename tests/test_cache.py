@@ -232,3 +232,54 @@ def test_evicted_blocks_lend_their_memory_within_the_budget():
             data[i * MAPPED_MIN:(i + 1) * MAPPED_MIN]
     assert cache.spares.reused > 0
     assert cache.blocks.current_size + cache.spares.spare_bytes <= 32 * MAPPED_MIN
+
+
+def test_peek_and_put():
+    cache = LoadingCache(100, ttl=60)
+    assert cache.peek("k") is None
+    cache.put("k", 5)
+    assert cache.peek("k") == 5 and cache.get("k", lambda: 6) == 5
+
+
+def test_fetch_run_fetches_only_the_blocks_asked_for_and_stops_at_the_end_of_the_file():
+    data = make_file(2500)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    assert cache.fetch_run("f", 2500, 1, 2, fetch) == 1
+    assert fetch.calls == [(1000, 2000)] and not cache.has_block("f", 0)
+    assert cache.fetch_run("f", 2500, 0, 10, fetch) == 2  # block 1 is cached; past the end there is none
+    assert fetch.calls[1:] == [(0, 1000), (2000, 2500)]
+    assert cache.read("f", 2500, 0, 2500, fetch) == data and len(fetch.calls) == 3
+
+
+def test_discard_file_drops_the_blocks_of_matching_files_only():
+    data = make_file(3000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    for key in (("a", 1), ("b", 1)):
+        cache.read(key, 3000, 0, 3000, CountingFetcher(data))
+    assert cache.discard_file(lambda k: k[0] == "a") == 3
+    assert not any(cache.has_block(("a", 1), i) for i in range(3))
+    assert all(cache.has_block(("b", 1), i) for i in range(3))
+
+
+def test_spares_keep_the_newest_maps_within_their_budget():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(2 * M)
+    spares.give(bytearray(M))  # only maps are kept: a bytearray is not reused
+    spares.give(mmap.mmap(-1, 3 * M))  # larger than the whole budget
+    assert spares.spare_bytes == 0
+    ids = []
+    for n in range(3):
+        block = mmap.mmap(-1, M)
+        ids.append(id(block))
+        spares.give(block)
+        del block
+        assert spares.spare_bytes == min(n + 1, 2) * M  # the third pushes the oldest out
+    taken = [spares.take(M), spares.take(M)]
+    assert [id(b) for b in taken] == [ids[2], ids[1]] and spares.reused == 2 and spares.spare_bytes == 0
+    one = Spares(M)
+    one.give(mmap.mmap(-1, M))  # exactly the budget
+    assert one.spare_bytes == M
