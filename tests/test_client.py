@@ -3,6 +3,7 @@
 import errno
 import os
 import time
+from email.utils import formatdate
 
 import pytest
 
@@ -211,3 +212,220 @@ def test_range_reads_keep_one_connection_alive(client, server, sample, monkeypat
         client.fetch("/big.bin", i * 100_000, (i + 1) * 100_000, e, IntoSink(100_000))
         client.read_range("/big.bin", i, i + 10, e)
     assert accepted == []  # the listing's connection serves them all: bodies read beneath urllib3 give it back
+
+
+# -- the small pieces, each on its own ----------------------------------------------------------
+
+def test_content_range_parsing():
+    from desfs.client import _parse_content_range
+
+    assert _parse_content_range("bytes 0-9/100", "u") == (0, 100)
+    assert _parse_content_range("bytes 5-9/*", "u") == (5, None)
+    for bad in (None, "", "items 0-9/100", "bytes x-9/100", "bytes 0-9/many"):
+        with pytest.raises(ServerError) as info:
+            _parse_content_range(bad, "http://h/f")
+        assert str(info.value) == f"206 answer with a bad Content-Range {bad!r}: http://h/f"
+
+
+def test_retry_after_is_seconds_or_a_date_within_bounds():
+    from email.utils import formatdate
+
+    from desfs.client import RETRY_AFTER_MAX, _retry_after
+
+    assert _retry_after(None) is None and _retry_after("") is None
+    assert _retry_after("2.5") == 2.5 and _retry_after("0") == 0.0
+    assert _retry_after("-3") == 0.0 and _retry_after("3600") == RETRY_AFTER_MAX == 30.0
+    assert 5 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert _retry_after(formatdate(time.time() - 100, usegmt=True)) == 0.0
+    assert _retry_after("soon, please") == 0.0  # not a date either: try again at once
+
+
+def test_http_time():
+    from desfs.client import _http_time
+
+    assert _http_time("Mon, 06 Jul 2020 15:21:33 GMT") == 1594048893.0
+    assert _http_time(None) == 0.0 and _http_time("") == 0.0 and _http_time("yesterday") == 0.0
+
+
+def test_reason_names_the_cause_in_a_few_words():
+    from desfs.client import _reason
+
+    assert _reason(OSError("[Errno 111] Connection refused")) == "Connection refused"
+    assert _reason(OSError("read timed out. (read timeout=2)")) == "timed out"
+    assert _reason(OSError("IncompleteRead(10 bytes read)")) == "IncompleteRead"
+    assert _reason(ValueError("something else entirely")) == "ValueError"
+
+
+def test_timeouts_are_found_however_deeply_wrapped():
+    import socket
+
+    from desfs.client import _is_timeout
+
+    def wrapped(inner, depth):
+        exc = inner
+        for i in range(depth):
+            outer = OSError(exc) if i % 2 else RuntimeError("wrapper")
+            outer.__cause__ = None if i % 2 else exc
+            exc = outer
+        return exc
+
+    assert _is_timeout(socket.timeout("x")) and _is_timeout(OSError("The read operation timed out"))
+    assert _is_timeout(wrapped(TimeoutError(), 9))
+    assert not _is_timeout(wrapped(TimeoutError(), 11))  # a chain that long is not followed
+    assert not _is_timeout(wrapped(ConnectionResetError("reset"), 3)) and not _is_timeout(None)
+
+
+def test_base_url_and_session_settings(monkeypatch):
+    from desfs import __version__
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    c = Client("http://far.example/files/u/cutout/j", connections=5, timeout=7, retries=2, backoff=0.5)
+    assert c.base_url == "http://far.example/files/u/cutout/j/"
+    assert (c.timeout, c.retries, c.backoff) == (7, 2, 0.5)
+    assert c.url("/") == c.base_url and c.url("/", folder=True) == c.base_url
+    assert c.url("/a//b/", folder=True) == c.base_url + "a/b/"
+    assert c.session.headers["User-Agent"] == f"desfs/{__version__}" and c.session.trust_env is False
+    assert c.session.get_adapter(c.base_url)._pool_maxsize == 5
+    assert c.session.get_adapter("https://x/")._pool_maxsize == 5
+    assert c.session.get_adapter(c.base_url).max_retries.total == 0  # retries are desfs's own
+    assert c.session.verify is True
+    with pytest.raises(ValueError):
+        Client("ftp://far.example/x/")
+    assert Client("https://far.example/x/", ca_bundle="/my/ca.pem").session.verify == "/my/ca.pem"
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/curl/ca.pem")
+    assert Client("https://far.example/x/").session.verify == "/curl/ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/requests/ca.pem")
+    assert Client("https://far.example/x/").session.verify == "/requests/ca.pem"
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    assert Client("http://far.example/x/").session.proxies["http"] == "http://proxy.example:3128"
+    assert "http" not in Client("http://127.0.0.1/x/").session.proxies  # NO_PROXY holds 127.0.0.1
+
+
+def test_statuses_map_to_errnos_with_one_clear_line(client, server):
+    url = client.url("/", folder=True) + "json"
+    cases = [(404, NotFound, "not found on the server (HTTP 404)"),
+             (410, NotFound, "not found on the server (HTTP 410)"),
+             (401, AccessDenied, "access denied by the server (HTTP 401)"),
+             (403, AccessDenied, "access denied by the server (HTTP 403)"),
+             (416, Stale, "range not satisfiable: the file is shorter than listed"),
+             (300, ServerError, "unexpected answer HTTP 300"), (418, ServerError, "unexpected answer HTTP 418")]
+    for status, kind, message in cases:
+        server.reset()
+        server.faults.status, server.faults.status_count = status, 1
+        with pytest.raises(kind) as info:
+            client.list_dir("/")
+        assert type(info.value) is kind and str(info.value) == f"{message}: {url}"
+        assert server.count(suffix="/json") == 1  # none of them is retried
+    for status in (429, 500, 502, 503, 504):
+        server.reset()
+        server.faults.status, server.faults.status_count = status, 1
+        assert client.list_dir("/")
+        assert server.count(suffix="/json") == 2
+
+
+def test_retries_back_off_exponentially_and_say_how_many_tries(client, server, monkeypatch, caplog):
+    import types
+
+    import desfs.client as client_module
+
+    caplog.set_level("INFO", logger="desfs.client")
+    slept = []
+    monkeypatch.setattr(client_module, "time", types.SimpleNamespace(
+        sleep=slept.append, monotonic=time.monotonic, time=time.time))
+    c = Client(client.base_url, timeout=2, retries=3, backoff=0.5)
+    server.faults.status, server.faults.status_count = 503, 10
+    with pytest.raises(ServerError) as info:
+        c.list_dir("/")
+    assert str(info.value) == f"server answered HTTP 503 (after 4 tries): {c.url('/', folder=True)}json"
+    assert len(slept) == 3
+    for delay, base in zip(slept, (0.5, 1.0, 2.0), strict=True):
+        assert base <= delay <= base * 1.25  # with up to a quarter of jitter
+    assert "retrying GET " in caplog.text and "server answered HTTP 503" in caplog.text
+    slept.clear()
+    server.reset()
+    server.faults.status, server.faults.status_count, server.faults.retry_after = 503, 1, "3"
+    assert c.list_dir("/")
+    assert len(slept) == 1 and 3 <= slept[0] <= 3.75  # the server's word, not the backoff
+    none = Client(client.base_url, timeout=2, retries=0, backoff=0.5)
+    server.reset()
+    server.faults.status, server.faults.status_count = 503, 1
+    with pytest.raises(ServerError, match=r"\(after 1 tries\)"):
+        none.list_dir("/")
+
+
+def test_timeouts_say_how_long(client, server):
+    server.faults.stall, server.faults.stall_count, server.faults.stall_seconds = "before-headers", 1, 5
+    with pytest.raises(Timeout) as info:
+        client.list_dir("/")
+    assert str(info.value).startswith("no answer within 2 s: ")
+    e = entry_of(client, "/big.bin")
+    server.reset()
+    server.faults.stall, server.faults.stall_count, server.faults.stall_seconds = "after-headers", 1, 5
+    with pytest.raises(Timeout) as info:
+        client.read_range("/big.bin", 0, 1000, e)
+    assert str(info.value).startswith("server stopped sending for 2 s: ")
+
+
+def test_unreachable_server_says_it_cannot_connect():
+    from conftest import free_port
+
+    c = Client(f"http://127.0.0.1:{free_port()}/x/", timeout=2, retries=0)
+    with pytest.raises(ServerError) as info:
+        c.list_dir("/")
+    assert str(info.value).startswith("cannot connect (Connection refused) (after 1 tries): ")
+
+
+def test_listing_too_large(client, server, monkeypatch):
+    import desfs.client as client_module
+
+    monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", 100)
+    with pytest.raises(BadListing, match="folder listing larger than 100 bytes"):
+        client.list_dir("/")
+
+
+def test_stat_names_the_file_and_gives_its_listed_size_and_time(client):
+    for path in ("/summary.json", "/odd names/sub #2?/deep%20file.txt", "/odd names/empty.dat"):
+        assert client.stat(path) == entry_of(client, path)
+
+
+def test_range_checks_and_empty_ranges(client, server):
+    e = entry_of(client, "/big.bin")
+    server.reset()
+    for start, stop in ((-1, 10), (10, 5), (0, BIG_SIZE + 1)):
+        with pytest.raises(ValueError, match=r"outside a file of"):
+            client.read_range("/big.bin", start, stop, e)
+    assert client.read_range("/big.bin", 7, 7, e) == b"" and client.read_range("/big.bin", 0, 0, e) == b""
+    assert client.read_range("/big.bin", BIG_SIZE - 1, BIG_SIZE, e)
+    assert server.requests and len(server.requests) == 1  # empty ranges cost no request
+
+
+def test_range_requests_carry_if_range_and_identity(client, server):
+    e = entry_of(client, "/big.bin")
+    server.reset()
+    client.read_range("/big.bin", 0, 10, e)
+    client.read_range("/big.bin", 0, 10, Entry(e.name, False, e.size, 0.0))  # no time known: no If-Range
+    first, second = server.headers_seen
+    assert first["Range"] == "bytes=0-9" and first["Accept-Encoding"] == "identity"
+    assert first["If-Range"] == formatdate(e.mtime, usegmt=True) and "If-Range" not in second
+
+
+def test_whole_answers_are_checked_against_the_listing(client, server, sample):
+    e = entry_of(client, "/summary.json")
+    data = open(os.path.join(sample.cutout_dir, "summary.json"), "rb").read()
+    server.faults.ignore_range = True
+    within = Entry(e.name, False, e.size, e.mtime + 0.5)  # the listing's time, to the server's second
+    assert client.read_range("/summary.json", 3, 30, within) == data[3:30]
+    for changed in (Entry(e.name, False, e.size, e.mtime + 1), Entry(e.name, False, e.size - 1, e.mtime)):
+        with pytest.raises(Stale, match="file changed on the server since it was listed"):
+            client.read_range("/summary.json", 0, 10, changed)
+    assert client.read_range("/summary.json", 0, 10, Entry(e.name, False, e.size, 0.0)) == data[:10]
+
+
+def test_warnings_are_given_once_per_kind(client, server, caplog):
+    e = entry_of(client, "/big.bin")
+    server.faults.shift_content_range = 10
+    for _ in range(2):
+        with pytest.raises(ServerError, match="server answered bytes from 10, asked for 0"):
+            client.read_range("/big.bin", 0, 100, e)
+    assert caplog.text.count("server answered a wrong Content-Range for") == 1
