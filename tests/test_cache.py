@@ -283,3 +283,24 @@ def test_spares_keep_the_newest_maps_within_their_budget():
     one = Spares(M)
     one.give(mmap.mmap(-1, M))  # exactly the budget
     assert one.spare_bytes == M
+
+
+def test_spares_of_mixed_sizes_push_out_the_oldest_until_the_new_one_fits():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(3 * M)
+    for size in (2 * M, M, 2 * M):  # the third pushes out the first only: the second stays
+        spares.give(mmap.mmap(-1, size))
+    assert spares.spare_bytes == 3 * M
+    spares.take(M)
+    assert spares.reused == 1 and spares.spare_bytes == 2 * M
+
+
+def test_a_run_fetched_short_keeps_the_blocks_delivered_and_says_how_many_are_missing():
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    with pytest.raises(RuntimeError) as info:
+        cache.fetch_run("f", 3000, 0, 3, lambda a, b, write: write(b"x" * 2500))
+    assert str(info.value) == "fetch of blocks 0..2 ended 1 blocks short"
+    assert cache.has_block("f", 0) and cache.has_block("f", 1) and not cache.has_block("f", 2)

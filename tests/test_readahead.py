@@ -190,3 +190,78 @@ def test_a_file_read_through_stays_in_the_block_cache():
     bs = stream.blocks.block_size
     assert all(stream.blocks.has_block(stream.key, i) for i in range(size // bs))
     assert fetch.fetched() == size
+
+
+def test_the_rate_of_a_lone_fetch_sets_how_many_fetches_run_at_once():
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=200e6)
+    assert (pre.workers, pre.limit) == (4, 1)
+    pre.overtaken()
+    assert pre.limit == 1  # no rate measured yet: overtaking alone opens nothing
+    for rate, limit in ((200e6, 1), (100e6, 2), (99e6, 3), (66e6, 4), (1e3, 4), (400e6, 1), (201e6, 1)):
+        pre._adapt(rate)
+        assert pre.limit == limit, rate
+    for limit in (2, 3, 4, 4):  # a reader that overtakes: one more each time, up to the workers
+        pre.overtaken()
+        assert pre.limit == limit
+    pre.close()
+    assert Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 0).workers == 1
+
+
+def test_prefetcher_fetches_the_blocks_asked_for_and_nothing_once_closed():
+    size = 1 * MiB
+    data = random.Random(9).randbytes(size)
+    fetch = Fetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 2)
+    pre.submit("f", size, 3, 3, fetch)  # an empty run
+    pre.submit("f", size, 2, 5, fetch)
+    deadline = time.monotonic() + 10
+    while not all(blocks.has_block("f", i) for i in (2, 3, 4)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fetch.calls == [(2 * 64 * KiB, 5 * 64 * KiB)]
+    pre.close()
+    pre.submit("f", size, 6, 8, fetch)
+    time.sleep(0.1)  # nothing may happen: there is nothing to wait for
+    assert len(fetch.calls) == 1 and not blocks.has_block("f", 6)
+
+
+def test_a_lone_slow_fetch_opens_parallel_fetches():
+    size = 4 * MiB
+    data = random.Random(10).randbytes(size)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=200e6)
+    pre.submit("f", size, 0, 2, Fetcher(data, delay=0.05))  # 512 KiB in over 50 ms: ~10 MB/s
+    deadline = time.monotonic() + 10
+    while pre.limit == 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pre.limit == 4
+    pre.close()
+
+
+def test_the_window_opens_after_a_run_of_START_AFTER_min_windows_and_doubles_up_to_the_cap():
+    from desfs.readahead import START_AFTER
+
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB, max_window=8 * MiB)
+    windows = []
+    for off in range(0, 16 * MiB, 256 * KiB):
+        stream.read(off, 256 * KiB)
+        windows.append(stream.window)
+    pre.close()
+    assert START_AFTER == 4
+    assert windows[:3] == [0, 0, 0] and windows[3] == 1 * MiB  # 4 reads of 256 KiB: 4 min_windows
+    assert windows[7] == 2 * MiB and windows[15] == 4 * MiB and windows[31] == 8 * MiB and windows[-1] == 8 * MiB
+
+
+def test_readahead_parts_share_the_window_among_the_fetches_allowed():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
+    stream.window = 16 * MiB
+    assert stream._part_bytes() == 8 * 256 * KiB  # at most 8 blocks a request
+    pre.limit = 4
+    assert stream._part_bytes() == 8 * 256 * KiB
+    pre.limit, stream.window = 4, 4 * MiB
+    assert stream._part_bytes() == 4 * 256 * KiB
+    stream.window = 512 * KiB
+    assert stream._part_bytes() == 256 * KiB  # at least one block
+    pre.close()
