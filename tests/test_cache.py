@@ -304,3 +304,43 @@ def test_a_run_fetched_short_keeps_the_blocks_delivered_and_says_how_many_are_mi
         cache.fetch_run("f", 3000, 0, 3, lambda a, b, write: write(b"x" * 2500))
     assert str(info.value) == "fetch of blocks 0..2 ended 1 blocks short"
     assert cache.has_block("f", 0) and cache.has_block("f", 1) and not cache.has_block("f", 2)
+
+
+def test_a_failed_run_releases_every_block_it_claimed_and_its_waiters_get_the_error():
+    data = make_file(5000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    cache.read("f", 5000, 1000, 10, CountingFetcher(data))  # block 1 cached: the run splits in [0] and [2, 3, 4]
+    started, release = threading.Event(), threading.Event()
+
+    def failing(start, stop, write):
+        started.set()
+        release.wait(5)
+        raise OSError(5, "gone")
+
+    errors, outcome = [], []
+
+    def run():
+        try:
+            cache.fetch_run("f", 5000, 0, 5, failing)
+        except OSError as exc:
+            errors.append(exc.errno)
+
+    def reader():
+        try:
+            outcome.append(cache.read("f", 5000, 3000, 10, CountingFetcher(data)))
+        except OSError as exc:
+            outcome.append(exc.errno)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(5)
+    waiter = threading.Thread(target=reader)
+    began = time.monotonic()
+    waiter.start()
+    time.sleep(0.2)  # the reader now waits for block 3, claimed by the run
+    release.set()
+    runner.join(5)
+    waiter.join(5)
+    assert time.monotonic() - began < 5
+    assert errors == [5] and outcome == [5]
+    assert all(cache.blocks.claim(("f", i)) for i in (0, 2, 3, 4))  # none left claimed by the failed run
