@@ -429,3 +429,49 @@ def test_warnings_are_given_once_per_kind(client, server, caplog):
         with pytest.raises(ServerError, match="server answered bytes from 10, asked for 0"):
             client.read_range("/big.bin", 0, 100, e)
     assert caplog.text.count("server answered a wrong Content-Range for") == 1
+
+
+def test_json_caller_posts_forms_sends_tokens_and_hands_back_statuses():
+    from desfs.client import JsonCaller
+
+    from fakeapi import FakeApi
+
+    api = FakeApi({"u": "pw"}, {"u": []}).start()
+    try:
+        caller = JsonCaller(api.url, timeout=2, retries=1, backoff=0.01, ca_bundle="/my/ca.pem")
+        http = caller._http
+        assert (http.timeout, http.retries, http.backoff, http.session.verify) == (2, 1, 0.01, "/my/ca.pem")
+        assert http.session.get_adapter(api.url)._pool_maxsize == 4
+        caller = JsonCaller(api.url, timeout=2, retries=1, backoff=0.01)
+        status, body = caller.call("POST", api.url + "/login", {"username": "u", "password": "pw"})
+        assert status == 200 and body["status"] == "ok" and body["username"] == "u"
+        token = body["token"]
+        assert caller.call("POST", api.url + "/login", {"username": "u", "password": "no"})[0] == 401
+        status, body = caller.call("GET", api.url + "/job/list", token=token)
+        assert (status, body["status"], body["jobs"]) == (200, "ok", []) and api.auth_seen[-1] == f"Bearer {token}"
+        assert caller.call("GET", api.url + "/job/list")[1]["message"] == "Missing authorization"
+        assert api.auth_seen[-1] == ""  # no token, no Authorization header
+        assert caller.call("GET", api.url + "/nothing", token=token)[0] == 404
+        api.must_change_password.add("u")
+        assert caller.call("POST", api.url + "/login", {"username": "u", "password": "pw"})[0] == 406
+        api.down = True
+        with pytest.raises(ServerError, match=r"HTTP 503 \(after 2 tries\)"):
+            caller.call("GET", api.url + "/job/list", token=token)
+    finally:
+        api.stop()
+
+
+def test_json_caller_wants_json_whatever_the_status(client, server):
+    from desfs.client import JsonCaller
+
+    caller = JsonCaller(client.base_url, timeout=2, retries=0)
+    url = client.url("/", folder=True) + "json"
+    status, body = caller.call("GET", url)
+    assert status == 200 and [e["name"] for e in body["value"]][:2] == ["DES0226-1541", "DES0305-3415"]
+    for status in (400, 401, 403, 404, 406):  # handed back to the caller, who needs the JSON of it
+        server.reset()
+        server.faults.status, server.faults.status_count = status, 1
+        with pytest.raises(ServerError) as info:
+            caller.call("GET", url)
+        assert type(info.value) is ServerError
+        assert str(info.value) == f"the API answered HTTP {status} without JSON: {url}"
