@@ -197,10 +197,11 @@ def test_blocks_of_a_mapped_size_are_memory_maps_and_small_ones_bytearrays():
 
 def test_fetcher_delivering_too_much_is_an_error_and_stores_nothing():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
-    with pytest.raises(RuntimeError):
+    too_much = "fetcher delivered more bytes than the blocks asked for"
+    with pytest.raises(RuntimeError, match=f"^{too_much}$"):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"x" * 1500))
     assert not cache.has_block("f", 0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=f"^{too_much}$"):
         cache.fetch_run("f", 3000, 1, 2, lambda a, b, write: write(b"x" * 1500))
 
 
@@ -344,3 +345,9 @@ def test_a_failed_run_releases_every_block_it_claimed_and_its_waiters_get_the_er
     assert time.monotonic() - began < 5
     assert errors == [5] and outcome == [5]
     assert all(cache.blocks.claim(("f", i)) for i in (0, 2, 3, 4))  # none left claimed by the failed run
+
+
+@pytest.mark.parametrize("block_size", [0, -1000])
+def test_a_block_size_must_be_positive(block_size):
+    with pytest.raises(ValueError, match="^block_size must be positive$"):
+        BlockCache(max_bytes=1 << 20, block_size=block_size, ttl=60)
