@@ -166,7 +166,7 @@ def test_new_version_key_never_mixes_bytes():
 
 def test_short_fetch_is_an_error_not_short_bytes():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^fetch\(0, 1000\) ended short of the block$"):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"short"))
 
 
@@ -351,3 +351,44 @@ def test_a_failed_run_releases_every_block_it_claimed_and_its_waiters_get_the_er
 def test_a_block_size_must_be_positive(block_size):
     with pytest.raises(ValueError, match="^block_size must be positive$"):
         BlockCache(max_bytes=1 << 20, block_size=block_size, ttl=60)
+
+
+def test_the_spares_budget_comes_out_of_the_cache_size_for_mapped_blocks_only():
+    from desfs.cache import MAPPED_MIN
+
+    small = BlockCache(max_bytes=1 << 20, block_size=MAPPED_MIN - 1, ttl=60)
+    assert small.spares.max_bytes == 0 and small.blocks.max_size == 1 << 20
+    odd = 64 * 1024 * 1024 + 5
+    mapped = BlockCache(max_bytes=odd, block_size=MAPPED_MIN, ttl=60)
+    assert mapped.spares.max_bytes == odd // 16 == 4 * 1024 * 1024 and type(mapped.spares.max_bytes) is int
+    assert mapped.blocks.max_size == odd - odd // 16
+    assert BlockCache(max_bytes=1 << 30, block_size=1 << 20, ttl=60).spares.max_bytes == BlockCache.SPARES_MAX
+
+
+def test_blocks_expire_by_the_timer_given():
+    clock = Clock()
+    data = make_file(3000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=10, timer=clock)
+    cache.read("f", 3000, 0, 10, fetch)
+    clock.now += 9.9
+    assert cache.has_block("f", 0)
+    clock.now += 0.2
+    assert not cache.has_block("f", 0)
+    assert cache.read("f", 3000, 0, 10, fetch) == data[:10] and len(fetch.calls) == 2
+
+
+def test_spares_look_past_a_map_still_held_for_an_older_free_one():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(4 * M)
+    older, newer = mmap.mmap(-1, M), mmap.mmap(-1, M)
+    first = id(older)
+    spares.give(older)
+    spares.give(newer)
+    del older
+    held = memoryview(newer)  # a reader still copies from the newer one
+    assert id(spares.take(M)) == first and spares.reused == 1
+    del held
