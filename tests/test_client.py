@@ -154,8 +154,10 @@ def test_changed_file_is_stale(client, sample):
         client.read_range("/summary.json", 0, 10, older)
     assert info.value.errno == errno.ESTALE
     other_size = Entry(e.name, False, e.size + 1, e.mtime)
-    with pytest.raises(Stale):
+    with pytest.raises(Stale) as info:
         client.read_range("/summary.json", 0, 10, other_size)
+    assert str(info.value) == (f"file changed on the server (size {e.size}, expected {e.size + 1}): "
+                               f"{client.url('/summary.json')}")
 
 
 def test_html_instead_of_json_is_bad_listing(client, server):
@@ -221,7 +223,7 @@ def test_content_range_parsing():
 
     assert _parse_content_range("bytes 0-9/100", "u") == (0, 100)
     assert _parse_content_range("bytes 5-9/*", "u") == (5, None)
-    for bad in (None, "", "items 0-9/100", "bytes x-9/100", "bytes 0-9/many"):
+    for bad in (None, "", "items 0-9/100", "bytes x-9/100", "bytes 0-9/many", "bytes 0-9/100/5"):
         with pytest.raises(ServerError) as info:
             _parse_content_range(bad, "http://h/f")
         assert str(info.value) == f"206 answer with a bad Content-Range {bad!r}: http://h/f"
@@ -254,6 +256,10 @@ def test_reason_names_the_cause_in_a_few_words():
     assert _reason(OSError("read timed out. (read timeout=2)")) == "timed out"
     assert _reason(OSError("IncompleteRead(10 bytes read)")) == "IncompleteRead"
     assert _reason(ValueError("something else entirely")) == "ValueError"
+    for marker in ("Connection refused", "Name or service not known", "Connection reset", "timed out",
+                   "Temporary failure in name resolution", "No route to host", "IncompleteRead",
+                   "certificate verify failed"):
+        assert _reason(OSError(f"HTTPConnectionPool(host='x'): [Errno 1] {marker} (detail)")) == marker
 
 
 def test_timeouts_are_found_however_deeply_wrapped():
@@ -271,7 +277,7 @@ def test_timeouts_are_found_however_deeply_wrapped():
 
     assert _is_timeout(socket.timeout("x")) and _is_timeout(OSError("The read operation timed out"))
     assert _is_timeout(wrapped(TimeoutError(), 9))
-    assert not _is_timeout(wrapped(TimeoutError(), 11))  # a chain that long is not followed
+    assert not _is_timeout(wrapped(TimeoutError(), 10))  # a chain that long is not followed
     assert not _is_timeout(wrapped(ConnectionResetError("reset"), 3)) and not _is_timeout(None)
 
 
@@ -417,8 +423,9 @@ def test_whole_answers_are_checked_against_the_listing(client, server, sample):
     within = Entry(e.name, False, e.size, e.mtime + 0.5)  # the listing's time, to the server's second
     assert client.read_range("/summary.json", 3, 30, within) == data[3:30]
     for changed in (Entry(e.name, False, e.size, e.mtime + 1), Entry(e.name, False, e.size - 1, e.mtime)):
-        with pytest.raises(Stale, match="file changed on the server since it was listed"):
+        with pytest.raises(Stale) as info:
             client.read_range("/summary.json", 0, 10, changed)
+        assert str(info.value) == f"file changed on the server since it was listed: {client.url('/summary.json')}"
     assert client.read_range("/summary.json", 0, 10, Entry(e.name, False, e.size, 0.0)) == data[:10]
 
 
@@ -428,7 +435,8 @@ def test_warnings_are_given_once_per_kind(client, server, caplog):
     for _ in range(2):
         with pytest.raises(ServerError, match="server answered bytes from 10, asked for 0"):
             client.read_range("/big.bin", 0, 100, e)
-    assert caplog.text.count("server answered a wrong Content-Range for") == 1
+    url = client.url("/big.bin")
+    assert [r.getMessage() for r in caplog.records] == [f"server answered a wrong Content-Range for {url}"]
 
 
 def test_json_caller_posts_forms_sends_tokens_and_hands_back_statuses():
@@ -438,6 +446,8 @@ def test_json_caller_posts_forms_sends_tokens_and_hands_back_statuses():
 
     api = FakeApi({"u": "pw"}, {"u": []}).start()
     try:
+        defaults = JsonCaller(api.url)._http
+        assert (defaults.timeout, defaults.retries, defaults.backoff) == (30.0, 3, 0.25)
         caller = JsonCaller(api.url, timeout=2, retries=1, backoff=0.01, ca_bundle="/my/ca.pem")
         http = caller._http
         assert (http.timeout, http.retries, http.backoff, http.session.verify) == (2, 1, 0.01, "/my/ca.pem")
@@ -475,3 +485,77 @@ def test_json_caller_wants_json_whatever_the_status(client, server):
             caller.call("GET", url)
         assert type(info.value) is ServerError
         assert str(info.value) == f"the API answered HTTP {status} without JSON: {url}"
+
+
+def test_answers_are_read_beneath_urllib3_or_through_it_alike(client):
+    import http.client
+    import types
+
+    from desfs.client import _plain_body, _urllib3_reader
+
+    e = entry_of(client, "/big.bin")
+    resp = client.session.get(client.url("/big.bin"), headers={"Range": "bytes=0-99999"}, stream=True)
+    with resp:
+        body = _plain_body(resp)
+        assert isinstance(body, http.client.HTTPResponse)
+        buf = memoryview(bytearray(60_000))
+        assert body.readinto(buf) > 0
+    resp = client.session.get(client.url("/big.bin"), headers={"Range": "bytes=0-99999"}, stream=True)
+    with resp:
+        read_into = _urllib3_reader(resp)
+        got = bytearray()
+        buf = memoryview(bytearray(30_000))
+        while n := read_into(buf):
+            got += buf[:n]
+    assert bytes(got) == client.read_range("/big.bin", 0, 100_000, e)
+    assert _plain_body(types.SimpleNamespace(raw=types.SimpleNamespace(_fp=object()))) is None
+    assert _plain_body(types.SimpleNamespace(raw=object())) is None
+
+
+class _OddServer:
+    """A server that answers in ways the DES server never does: HEAD without Content-Length, a
+    206 with a Content-Range that is not one."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.send_header("Last-Modified", "Mon, 06 Jul 2020 15:21:33 GMT")
+                self.send_header("Connection", "close")
+                self.end_headers()
+
+            def do_GET(self):
+                self.send_response(206)
+                self.send_header("Content-Range", "bytes x")
+                self.send_header("Content-Length", "10")
+                self.end_headers()
+                self.wfile.write(b"0123456789")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/job/"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_stat_without_a_length_and_a_range_answer_that_makes_no_sense():
+    odd = _OddServer()
+    try:
+        c = Client(odd.url, timeout=2, retries=0)
+        assert c.stat("/a/XX") == Entry("XX", False, 0, 1594048893.0)  # no length given: 0
+        assert c.stat("/") == Entry("", False, 0, 1594048893.0)
+        with pytest.raises(ServerError) as info:
+            c.read_range("/f", 0, 10, Entry("f", False, 10, 0.0))
+        assert str(info.value) == f"206 answer with a bad Content-Range 'bytes x': {odd.url}f"
+    finally:
+        odd.close()
