@@ -559,3 +559,50 @@ def test_stat_without_a_length_and_a_range_answer_that_makes_no_sense():
         assert str(info.value) == f"206 answer with a bad Content-Range 'bytes x': {odd.url}f"
     finally:
         odd.close()
+
+
+def test_a_body_cut_short_says_how_many_bytes_are_missing(client, server):
+    e = entry_of(client, "/big.bin")
+    c = Client(client.base_url, timeout=2, retries=1, backoff=0.01)
+    server.reset()
+    server.faults.truncate_count = 5  # every answer stops half way: 50 000 bytes in, then 25 000
+    with pytest.raises(ServerError) as info:
+        c.read_range("/big.bin", 0, 100_000, e)
+    assert str(info.value) == f"body cut short (25000 bytes missing) (after 2 tries): {c.url('/big.bin')}"
+
+
+def test_a_whole_answer_that_ends_before_the_range_is_retried_then_eio(client, server):
+    e = entry_of(client, "/big.bin")
+    c = Client(client.base_url, timeout=2, retries=1, backoff=0.01)
+    server.reset()
+    server.faults.ignore_range, server.faults.truncate_count = True, 5  # half the file, then the end
+    with pytest.raises(ServerError) as info:
+        c.read_range("/big.bin", BIG_SIZE - 100, BIG_SIZE, e)
+    assert str(info.value) == f"body ended before the requested range (after 2 tries): {c.url('/big.bin')}"
+
+
+def test_wrong_content_range_names_both_offsets_and_the_url(client, server):
+    e = entry_of(client, "/big.bin")
+    server.faults.shift_content_range = 10
+    with pytest.raises(ServerError) as info:
+        client.read_range("/big.bin", 50, 100, e)
+    assert str(info.value) == f"server answered bytes from 60, asked for 50: {client.url('/big.bin')}"
+
+
+def test_answers_are_read_beneath_urllib3_and_through_it_when_they_must(client, server, sample, monkeypatch):
+    import desfs.client as client_module
+
+    e = entry_of(client, "/big.bin")
+    data = open(os.path.join(sample.cutout_dir, "big.bin"), "rb").read()
+
+    def no_fallback(resp):
+        raise AssertionError("a plain http answer was read through urllib3")
+
+    monkeypatch.setattr(client_module, "_urllib3_reader", no_fallback)
+    assert client.read_range("/big.bin", 10, 300_010, e) == data[10:300_010]
+    monkeypatch.undo()
+    monkeypatch.setattr(client_module, "_plain_body", lambda resp: None)  # another transport beneath requests
+    server.faults.truncate_count = 1
+    assert client.read_range("/big.bin", 10, 300_010, e) == data[10:300_010]
+    server.faults.ignore_range = True
+    assert client.read_range("/big.bin", 70_000, 70_100, e) == data[70_000:70_100]
