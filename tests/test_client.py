@@ -1,6 +1,7 @@
 """The HTTP layer against the in-process DES-like server, with faults."""
 
 import errno
+import json
 import os
 import time
 from email.utils import formatdate
@@ -606,3 +607,24 @@ def test_answers_are_read_beneath_urllib3_and_through_it_when_they_must(client, 
     assert client.read_range("/big.bin", 10, 300_010, e) == data[10:300_010]
     server.faults.ignore_range = True
     assert client.read_range("/big.bin", 70_000, 70_100, e) == data[70_000:70_100]
+
+
+def test_a_listing_of_many_chunks_is_read_whole(client, server):
+    from urllib.parse import unquote, urlsplit
+
+    items = [{"name": f"f{i:06d}.fits", "type": "file", "size": i, "mtime": "Mon, 06 Jul 2020 15:21:33 GMT"}
+             for i in range(20_000)]
+    body = json.dumps(items).encode()
+    assert len(body) > 4 * 256 * 1024  # several of the chunks it is read in
+    path = unquote(urlsplit(client.url("/many", folder=True) + "json").path)
+    server.faults.listing_body[path] = body
+    entries = client.list_dir("/many")
+    assert len(entries) == 20_000 and entries[-1] == Entry("f019999.fits", False, 19_999, 1594048893.0)
+
+
+def test_every_known_time_goes_in_if_range(client, server):
+    e = entry_of(client, "/big.bin")
+    server.reset()
+    with pytest.raises(Stale):  # 1970, but a time all the same: the server holds another version
+        client.read_range("/big.bin", 0, 10, Entry(e.name, False, e.size, 1.0))
+    assert server.headers_seen[0]["If-Range"] == "Thu, 01 Jan 1970 00:00:01 GMT"
