@@ -348,7 +348,9 @@ def test_retries_back_off_exponentially_and_say_how_many_tries(client, server, m
     assert len(slept) == 3
     for delay, base in zip(slept, (0.5, 1.0, 2.0), strict=True):
         assert base <= delay <= base * 1.25  # with up to a quarter of jitter
-    assert "retrying GET " in caplog.text and "server answered HTTP 503" in caplog.text
+    url = c.url("/", folder=True) + "json"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"retrying GET {url} in {delay:.2f}s: server answered HTTP 503" for delay in slept]
     slept.clear()
     server.reset()
     server.faults.status, server.faults.status_count, server.faults.retry_after = 503, 1, "3"
@@ -515,7 +517,7 @@ def test_answers_are_read_beneath_urllib3_or_through_it_alike(client):
 
 class _OddServer:
     """A server that answers in ways the DES server never does: HEAD without Content-Length, a
-    206 with a Content-Range that is not one."""
+    206 with a Content-Range that is not one, listings chunked or compressed."""
 
     def __init__(self):
         import http.server
@@ -534,11 +536,29 @@ class _OddServer:
                 self.end_headers()
 
             def do_GET(self):
-                self.send_response(206)
-                self.send_header("Content-Range", "bytes x")
-                self.send_header("Content-Length", "10")
-                self.end_headers()
-                self.wfile.write(b"0123456789")
+                listing = b'[{"name": "a", "type": "file", "size": 1}, {"name": "b", "type": "directory"}]'
+                if self.path.endswith("/chunked/json"):  # no Content-Length: the end of the chunks tells
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for part in (listing[:30], listing[30:]):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                elif self.path.endswith("/gzip/json"):  # Content-Length counts the compressed bytes
+                    import gzip
+
+                    body = gzip.compress(listing + b" " * 500)
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(206)
+                    self.send_header("Content-Range", "bytes x")
+                    self.send_header("Content-Length", "10")
+                    self.end_headers()
+                    self.wfile.write(b"0123456789")
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
@@ -628,3 +648,37 @@ def test_every_known_time_goes_in_if_range(client, server):
     with pytest.raises(Stale):  # 1970, but a time all the same: the server holds another version
         client.read_range("/big.bin", 0, 10, Entry(e.name, False, e.size, 1.0))
     assert server.headers_seen[0]["If-Range"] == "Thu, 01 Jan 1970 00:00:01 GMT"
+
+
+def test_listings_chunked_or_compressed_are_read_whole():
+    odd = _OddServer()
+    try:
+        c = Client(odd.url, timeout=2, retries=0)
+        for folder in ("/chunked", "/gzip"):
+            assert c.list_dir(folder) == [Entry("a", False, 1, 0.0), Entry("b", True, 0, 0.0)]
+    finally:
+        odd.close()
+
+
+def test_a_listing_may_be_as_large_as_the_limit_and_no_larger(client, server, monkeypatch):
+    import desfs.client as client_module
+    from urllib.parse import unquote, urlsplit
+
+    body = json.dumps([{"name": f"f{i}", "type": "file", "size": i} for i in range(100)]).encode()
+    url = client.url("/sized", folder=True) + "json"
+    server.faults.listing_body[unquote(urlsplit(url).path)] = body
+    monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", len(body))
+    assert len(client.list_dir("/sized")) == 100
+    monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", len(body) - 1)
+    with pytest.raises(BadListing) as info:
+        client.list_dir("/sized")
+    assert str(info.value) == f"folder listing larger than {len(body) - 1} bytes: {url}"
+
+
+def test_skipped_items_are_logged_with_the_listings_url(client, server, caplog):
+    from urllib.parse import unquote, urlsplit
+
+    url = client.url("/hostile", folder=True) + "json"
+    server.faults.listing_body[unquote(urlsplit(url).path)] = b'[{"name": "..", "type": "directory"}]'
+    assert client.list_dir("/hostile") == []
+    assert [r.getMessage() for r in caplog.records] == [f"listing {url}: name '..' refused: reserved name"]
