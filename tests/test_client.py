@@ -682,3 +682,42 @@ def test_skipped_items_are_logged_with_the_listings_url(client, server, caplog):
     server.faults.listing_body[unquote(urlsplit(url).path)] = b'[{"name": "..", "type": "directory"}]'
     assert client.list_dir("/hostile") == []
     assert [r.getMessage() for r in caplog.records] == [f"listing {url}: name '..' refused: reserved name"]
+
+
+def test_redirects_are_followed(client, server, sample):
+    from urllib.parse import unquote, urlsplit
+
+    e = entry_of(client, "/summary.json")
+    data = open(os.path.join(sample.cutout_dir, "summary.json"), "rb").read()
+    moved = unquote(urlsplit(client.url("/moved.json")).path)
+    server.faults.redirect = {moved: client.url("/summary.json")}
+    assert client.read_range("/moved.json", 5, 50, e) == data[5:50]
+
+
+def test_debug_log_has_every_request_and_its_time(client, server, caplog):
+    e = entry_of(client, "/big.bin")
+    caplog.set_level("DEBUG", logger="desfs.client")
+    client.read_range("/big.bin", 0, 10, e)
+    url = client.url("/big.bin")
+    lines = [r.getMessage() for r in caplog.records if r.name == "desfs.client"]
+    assert lines[0] == f"GET {url} bytes=0-9 -> 206"
+    assert lines[1].startswith(f"GET {url} done in ") and lines[1].endswith(" ms") and len(lines) == 2
+    caplog.clear()
+    client.list_dir("/")
+    assert caplog.records[0].getMessage() == f"GET {client.url('/', folder=True)}json  -> 200"
+
+
+def test_a_url_requests_cannot_use_and_a_tls_failure_are_one_line_errors(server):
+    import errno as errnos
+
+    from desfs.errors import DesfsError
+
+    nohost = Client("http:///x/", timeout=2, retries=3)
+    with pytest.raises(DesfsError) as info:
+        nohost.list_dir("/")
+    assert type(info.value) is DesfsError and info.value.errno == errnos.EIO
+    assert str(info.value).startswith("invalid URL (") and str(info.value).endswith("): http:///x/json")
+    plain = Client(server.base_url.replace("http://", "https://"), timeout=2, retries=3)  # no TLS there
+    with pytest.raises(DesfsError) as info:
+        plain.list_dir("/")
+    assert type(info.value) is DesfsError and str(info.value) == f"TLS error (SSLError): {plain.base_url}json"
