@@ -553,6 +553,21 @@ class _OddServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                elif self.path.endswith("/reset"):  # a tenth of the body, then a reset (RST, no FIN)
+                    import socket
+                    import struct
+                    import time
+
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"r" * 100)
+                    self.wfile.flush()
+                    time.sleep(0.2)  # the client has read the headers and waits for the rest
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.rfile.close()  # it holds the socket open
+                    self.connection.close()
                 else:
                     self.send_response(206)
                     self.send_header("Content-Range", "bytes x")
@@ -721,3 +736,14 @@ def test_a_url_requests_cannot_use_and_a_tls_failure_are_one_line_errors(server)
     with pytest.raises(DesfsError) as info:
         plain.list_dir("/")
     assert type(info.value) is DesfsError and str(info.value) == f"TLS error (SSLError): {plain.base_url}json"
+
+
+def test_a_connection_reset_mid_answer_says_so():
+    odd = _OddServer()
+    try:
+        c = Client(odd.url, timeout=2, retries=0)
+        with pytest.raises(ServerError) as info:
+            c.read_range("/reset", 0, 1000, Entry("reset", False, 1000, 0.0))
+        assert str(info.value) == f"connection lost mid-answer (Connection reset) (after 1 tries): {odd.url}reset"
+    finally:
+        odd.close()
