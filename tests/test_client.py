@@ -297,8 +297,13 @@ def test_base_url_and_session_settings(monkeypatch):
     assert c.session.get_adapter("https://x/")._pool_maxsize == 5
     assert c.session.get_adapter(c.base_url).max_retries.total == 0  # retries are desfs's own
     assert c.session.verify is True
-    with pytest.raises(ValueError):
-        Client("ftp://far.example/x/")
+    with pytest.raises(ValueError, match="^not an http\\(s\\) URL: ftp://far.example/x/$"):
+        Client("ftp://far.example/x")
+    assert Client("http://far.example/x/").base_url == "http://far.example/x/"
+    plain = Client("http://far.example/x/")
+    assert (plain.timeout, plain.retries, plain.backoff) == (30.0, 3, 0.25)
+    assert plain.session.get_adapter(plain.base_url)._pool_maxsize == 16
+    assert plain.session.get_adapter(plain.base_url)._pool_connections == 4
     assert Client("https://far.example/x/", ca_bundle="/my/ca.pem").session.verify == "/my/ca.pem"
     monkeypatch.setenv("CURL_CA_BUNDLE", "/curl/ca.pem")
     assert Client("https://far.example/x/").session.verify == "/curl/ca.pem"
@@ -710,13 +715,19 @@ def test_redirects_are_followed(client, server, sample):
 
 
 def test_debug_log_has_every_request_and_its_time(client, server, caplog):
+    import re
+
     e = entry_of(client, "/big.bin")
     caplog.set_level("DEBUG", logger="desfs.client")
-    client.read_range("/big.bin", 0, 10, e)
+    server.faults.slow_chunk_delay = 0.05  # 64 KiB every 50 ms: 256 KiB take 150 ms at least
+    started = time.monotonic()
+    client.read_range("/big.bin", 0, 256 * 1024, e)
+    took = (time.monotonic() - started) * 1000
     url = client.url("/big.bin")
     lines = [r.getMessage() for r in caplog.records if r.name == "desfs.client"]
-    assert lines[0] == f"GET {url} bytes=0-9 -> 206"
-    assert lines[1].startswith(f"GET {url} done in ") and lines[1].endswith(" ms") and len(lines) == 2
+    assert lines[0] == f"GET {url} bytes=0-262143 -> 206" and len(lines) == 2
+    done = re.fullmatch(rf"GET {re.escape(url)} done in (\d+) ms", lines[1])
+    assert done and 140 <= int(done[1]) <= took + 1
     caplog.clear()
     client.list_dir("/")
     assert caplog.records[0].getMessage() == f"GET {client.url('/', folder=True)}json  -> 200"
