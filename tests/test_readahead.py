@@ -265,3 +265,116 @@ def test_readahead_parts_share_the_window_among_the_fetches_allowed():
     stream.window = 512 * KiB
     assert stream._part_bytes() == 256 * KiB  # at least one block
     pre.close()
+
+
+class ThreadFetcher(Fetcher):
+    """Records which fetches readahead's threads made, and how many ran at once."""
+
+    def __init__(self, data, delay=0.0):
+        super().__init__(data, delay)
+        self.now = self.most = 0
+
+    def __call__(self, start, stop, write):
+        with self.lock:
+            self.calls.append((start, stop, threading.current_thread().name.startswith("desfs-readahead")))
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.delay)
+        for i in range(start, stop, 64 * KiB):
+            write(self.data[i:min(stop, i + 64 * KiB)])
+        with self.lock:
+            self.now -= 1
+
+
+def test_readahead_asks_in_whole_parts_up_to_the_end_of_the_file():
+    size = 8 * MiB + 5 * 256 * KiB + 77
+    data = random.Random(11).randbytes(size)
+    fetch = ThreadFetcher(data)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=256 * KiB, max_window=4 * MiB)
+    for off in range(0, size, 128 * KiB):
+        assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
+        time.sleep(0.01)  # a reader slower than readahead
+    pre.close()
+    own = [a // (256 * KiB) for a, b, ahead in fetch.calls if not ahead]
+    ahead = [(a, b) for a, b, by_readahead in fetch.calls if by_readahead]
+    assert own == [0, 1, 2, 3]  # before the run reaches START_AFTER min_windows; readahead fetched the rest
+    assert all(b - a >= 4 * 256 * KiB for a, b in ahead)  # whole parts: the gap grows to one before it is asked for
+    assert ahead[-1][1] == size and sum(b - a for a, b in ahead) == size - 4 * 256 * KiB
+
+
+def test_no_more_fetches_at_once_than_allowed():
+    size = 4 * MiB
+    data = random.Random(12).randbytes(size)
+    fetch = ThreadFetcher(data, delay=0.1)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)  # what a lone fetch measures never asks for more than 1
+    pre.limit = 2
+    for i in range(6):
+        pre.submit("f", size, i, i + 1, fetch)
+    deadline = time.monotonic() + 10
+    while not all(blocks.has_block("f", i) for i in range(6)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pre.close()
+    assert len(fetch.calls) == 6 and fetch.most == 2
+
+
+def test_the_fetches_at_once_are_logged_when_they_change(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=200e6)
+    pre._adapt(50e6)
+    pre._adapt(50e6)  # no change, no line
+    pre._adapt(1e9)
+    pre.overtaken()
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "readahead: 50 MB/s per stream, 4 fetches at once",
+        "readahead: 1000 MB/s per stream, 1 fetches at once",
+        "readahead: overtaken by a reader, 2 fetches at once",
+    ]
+
+
+def test_only_a_read_of_what_readahead_asked_for_counts_as_overtaking_it():
+    bs = 256 * KiB
+    data, fetch, stream, pre = make(16 * MiB, block=bs, max_window=bs)  # a window of one block: none of
+    pre._adapt(1e12)  # these reads continues a run, so none asks for readahead; a rate is known, wanting 1
+
+    def state(start, high, requested, window=bs):
+        stream._start, stream._high, stream._requested, stream.window = start, high, requested, window
+
+    state(0, 4 * bs, 8 * bs)
+    stream.read(8 * bs, 1000)  # just past what readahead asked for: the reader's own block
+    assert pre.limit == 1
+    state(0, 4 * bs, 8 * bs)
+    stream.read(40 * bs, 1000)  # far away: a new run, nothing to do with readahead
+    assert pre.limit == 1
+    state(24 * bs, 28 * bs, 32 * bs)
+    stream.read(24 * bs, 1000)  # the first byte readahead asked for, neither cached nor under way
+    assert pre.limit == 2
+    state(0, 0, 0, window=0)
+    stream.read(50 * bs, 1000)
+    assert pre.limit == 2 and [a // bs for a, b in fetch.calls] == [8, 40, 24, 50]
+    pre.close()
+
+
+def test_a_read_just_within_the_slack_continues_the_run():
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB)
+    stream.read(0, 256 * KiB)
+    stream.read(512 * KiB, 256 * KiB)  # one block (the slack) past the furthest read: still sequential
+    assert stream._start == 0 and stream._high == 768 * KiB
+    stream.read(768 * KiB + 256 * KiB + 1, 10)  # past the slack: a new run
+    assert stream._start == 768 * KiB + 256 * KiB + 1
+    pre.close()
+
+
+def test_without_a_prefetcher_reads_are_plain():
+    size = 8 * MiB
+    data = random.Random(13).randbytes(size)
+    fetch = Fetcher(data)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    stream = ReadStream(blocks, None, ("f", size), size, fetch, min_window=256 * KiB, max_window=4 * MiB)
+    for off in range(0, size, 128 * KiB):
+        assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
+    assert stream.window == 4 * MiB and fetch.calls == [(i, i + 256 * KiB) for i in range(0, size, 256 * KiB)]
