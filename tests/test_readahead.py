@@ -378,3 +378,20 @@ def test_without_a_prefetcher_reads_are_plain():
     for off in range(0, size, 128 * KiB):
         assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
     assert stream.window == 4 * MiB and fetch.calls == [(i, i + 256 * KiB) for i in range(0, size, 256 * KiB)]
+
+
+def test_a_failed_readahead_is_logged_and_left_for_the_reader(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 2)
+
+    def failing(start, stop, write):
+        raise OSError(5, "injected")
+
+    pre.submit("f", MiB, 2, 5, failing)
+    deadline = time.monotonic() + 10
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == ["readahead of blocks 2..4 of 'f' failed: [Errno 5] injected"]
+    assert not any(blocks.has_block("f", i) for i in range(2, 5)) and blocks.blocks.claim(("f", 3))
