@@ -1,5 +1,6 @@
 """The readahead layer on its own: fake fetchers, no server, no FUSE."""
 
+import math
 import random
 import threading
 import time
@@ -395,3 +396,105 @@ def test_a_failed_readahead_is_logged_and_left_for_the_reader(caplog):
     pre.close()
     assert [r.getMessage() for r in caplog.records] == ["readahead of blocks 2..4 of 'f' failed: [Errno 5] injected"]
     assert not any(blocks.has_block("f", i) for i in range(2, 5)) and blocks.blocks.claim(("f", 3))
+
+
+class GatedFetcher(Fetcher):
+    """Fetches that wait for `gate` before delivering; `running` counts those under way."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.gate = threading.Event()
+        self.running = 0
+
+    def __call__(self, start, stop, write):
+        with self.lock:
+            self.calls.append((start, stop))
+            self.running += 1
+        self.gate.wait(5)
+        for i in range(start, stop, 64 * KiB):
+            write(self.data[i:min(stop, i + 64 * KiB)])
+
+
+def wait_for(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_fetches_that_overlapped_are_not_measured():
+    data = random.Random(14).randbytes(MiB)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)  # any measurement would ask for all 4
+    assert Prefetcher(blocks, 1).target_rate == 200e6
+    pre.limit = 2
+    pre.submit("f", MiB, 0, 1, fetch)
+    pre.submit("f", MiB, 1, 2, fetch)
+    assert wait_for(lambda: fetch.running == 2)
+    fetch.gate.set()
+    assert wait_for(lambda: blocks.has_block("f", 0) and blocks.has_block("f", 1) and pre._active == 0)
+    time.sleep(0.05)  # each fetch measures, or not, right after giving its slot back
+    pre.close()
+    assert pre.limit == 2 and not pre._rated
+
+
+def test_the_rate_of_a_lone_fetch_is_bytes_over_seconds():
+    data = random.Random(15).randbytes(MiB)
+    blocks = BlockCache(4 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=5e6)
+    started = time.monotonic()
+    pre.submit("f", MiB, 0, 1, Fetcher(data, delay=0.2))  # 256 KiB in 0.2 s and a little: 1.0 to 1.3 MB/s
+    assert wait_for(lambda: pre._rated)
+    took = time.monotonic() - started
+    pre.close()
+    assert 4 <= pre.limit <= math.ceil(5e6 / (256 * KiB / took))  # 5 MB/s wanted: 4 or 5 of them
+
+
+def test_a_failed_lone_fetch_measures_nothing():
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)
+
+    called = threading.Event()
+
+    def failing(start, stop, write):
+        called.set()
+        raise OSError(5, "injected")
+
+    pre.submit("f", MiB, 0, 2, failing)
+    assert wait_for(lambda: called.is_set() and pre._active == 0)
+    time.sleep(0.05)  # a fetch measures, or not, right after giving its slot back
+    pre.close()
+    assert pre.limit == 1 and not pre._rated
+
+
+def test_close_returns_at_once_and_nothing_is_fetched_after_it():
+    data = random.Random(16).randbytes(MiB)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4)
+    for i in range(4):  # one runs (the limit is 1), three wait for a slot
+        pre.submit("f", MiB, i, i + 1, fetch)
+    assert wait_for(lambda: fetch.running == 1)
+    started = time.monotonic()
+    pre.close()
+    assert time.monotonic() - started < 1  # not waiting for the fetch under way
+    fetch.gate.set()
+    for t in list(pre._pool._threads):
+        t.join(5)
+    assert len(fetch.calls) == 1
+
+
+def test_the_rate_is_logged_in_mb_per_second(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=1e9)
+    pre._adapt(250_500_100)
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == ["readahead: 251 MB/s per stream, 4 fetches at once"]
+
+
+def test_the_first_read_starts_the_run_where_it_reads():
+    data, fetch, stream, pre = make(16 * MiB, block=256 * KiB)
+    stream.read(100 * KiB, 10)
+    pre.close()
+    assert (stream._start, stream._high) == (100 * KiB, 100 * KiB + 10)
