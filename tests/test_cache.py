@@ -392,3 +392,16 @@ def test_spares_look_past_a_map_still_held_for_an_older_free_one():
     held = memoryview(newer)  # a reader still copies from the newer one
     assert id(spares.take(M)) == first and spares.reused == 1
     del held
+
+
+def test_expired_blocks_lend_their_memory_too():
+    from desfs.cache import MAPPED_MIN
+
+    clock = Clock()
+    data = make_file(2 * MAPPED_MIN)
+    cache = BlockCache(max_bytes=64 * MAPPED_MIN, block_size=MAPPED_MIN, ttl=10, timer=clock)
+    cache.read("f", len(data), 0, len(data), CountingFetcher(data))
+    assert cache.spares.spare_bytes == 0
+    clock.now += 11
+    assert cache.blocks.current_size == 0  # expired
+    assert cache.spares.spare_bytes == 2 * MAPPED_MIN
