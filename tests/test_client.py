@@ -558,6 +558,16 @@ class _OddServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                elif self.path.endswith("/gzipped-range"):  # compressed although identity was asked for
+                    import gzip
+
+                    body = gzip.compress(b"hello, world " * 10)
+                    self.send_response(206)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 elif self.path.endswith("/reset"):  # a tenth of the body, then a reset (RST, no FIN)
                     import socket
                     import struct
@@ -594,6 +604,7 @@ def test_stat_without_a_length_and_a_range_answer_that_makes_no_sense():
     try:
         c = Client(odd.url, timeout=2, retries=0)
         assert c.stat("/a/XX") == Entry("XX", False, 0, 1594048893.0)  # no length given: 0
+        assert c.stat("/XX").name == "XX"
         assert c.stat("/") == Entry("", False, 0, 1594048893.0)
         with pytest.raises(ServerError) as info:
             c.read_range("/f", 0, 10, Entry("f", False, 10, 0.0))
@@ -756,5 +767,22 @@ def test_a_connection_reset_mid_answer_says_so():
         with pytest.raises(ServerError) as info:
             c.read_range("/reset", 0, 1000, Entry("reset", False, 1000, 0.0))
         assert str(info.value) == f"connection lost mid-answer (Connection reset) (after 1 tries): {odd.url}reset"
+    finally:
+        odd.close()
+
+
+def test_range_answers_are_taken_as_sent_even_through_urllib3(monkeypatch):
+    import gzip
+
+    import desfs.client as client_module
+
+    sent = gzip.compress(b"hello, world " * 10)
+    odd = _OddServer()
+    try:
+        c = Client(odd.url, timeout=2, retries=0)
+        entry = Entry("gzipped-range", False, len(sent), 0.0)
+        assert c.read_range("/gzipped-range", 0, len(sent), entry) == sent
+        monkeypatch.setattr(client_module, "_plain_body", lambda resp: None)
+        assert c.read_range("/gzipped-range", 0, len(sent), entry) == sent  # never decoded
     finally:
         odd.close()
