@@ -247,7 +247,7 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
         res["ls_lR_requests"] = len(reqs)
         res["ls_lR_entries"], folders = ls_entries(out)
         res["ls_lR_folders"] = folders + 1  # with the root: each listed once
-        res["ls_lR_entries_on_disk"] = tree_entries(work / "root" / user / "cutout" / job)
+        res["ls_lR_entries_on_disk"] = tree_entries(work / "root" / "files-desaccess" / user / "cutout" / job)
         if res["ls_lR_entries"] != res["ls_lR_entries_on_disk"]:
             print(f"[{name}] ls -lR listed {res['ls_lR_entries']} entries, the tree holds "
                   f"{res['ls_lR_entries_on_disk']}", flush=True)
