@@ -491,3 +491,26 @@ def test_no_more_fetches_at_once_than_allowed():
     assert wait_for(lambda: all(blocks.has_block("f", i) for i in range(6)))
     pre.close()
     assert len(fetch.calls) == 6
+
+
+def test_a_range_is_split_into_whole_parts_one_request_each():
+    bs = 256 * KiB
+    data = random.Random(17).randbytes(16 * MiB)
+    fetch = GatedFetcher(data)
+    fetch.gate.set()
+    blocks = BlockCache(64 * MiB, bs, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)
+    stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
+    stream.window = 4 * bs  # parts of 4 blocks (one fetch allowed at once)
+    stream._submit(0, 12 * bs)
+    assert wait_for(lambda: all(blocks.has_block(("f", 16 * MiB), i) for i in range(12)))
+    pre.close()
+    assert sorted(fetch.calls) == [(0, 4 * bs), (4 * bs, 8 * bs), (8 * bs, 12 * bs)]
+
+
+def test_an_empty_read_at_the_start_then_one_within_the_slack_are_one_run():
+    data, fetch, stream, pre = make(16 * MiB, block=256 * KiB)
+    stream.read(0, 0)
+    stream.read(100 * KiB, 10)
+    pre.close()
+    assert (stream._start, stream._high) == (0, 100 * KiB + 10)
