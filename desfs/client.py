@@ -199,7 +199,7 @@ class Client:
             while want:
                 n = read_into(sink.room()[:want])
                 if not n:
-                    raise _Retryable(f"body cut short ({stop - start - done - want} bytes missing)")
+                    raise _Retryable(f"body cut short ({want} bytes missing)")
                 sink.filled(n)
                 done += n
                 want -= n

@@ -61,6 +61,8 @@ class Prefetcher:
         with self._slots:
             while self._active >= self.limit and not self._closed:
                 self._slots.wait(0.5)
+            if self._closed:  # closed while waiting for a slot: nobody will read these blocks
+                return
             self._active += 1
             self._started += 1
             alone, ticket = self._active == 1, self._started

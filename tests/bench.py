@@ -5,12 +5,25 @@ proxy in front of it that plays a far server (default 40 ms each way, each
 connection paced to 16 MB/s). On both, on the same files, it measures:
 
   1. sequential read of a large file through desfs vs a direct single-stream
-     download (curl) of the same URL;
+     download (curl) of the same URL, both timed the same way: from the first
+     bytes received to the last (curl's own timers; for desfs, from the return
+     of the first 1 MiB read), so neither counts connecting, the first request
+     or curl's start-up;
   2. reading the header of a 1 GiB FITS file with astropy: bytes and time;
-  3. a cold `ls -lR` of a job tree with a folder of 5000 files: time and requests;
+  3. a cold `ls -lR` of a job tree with a folder of 5000 files: time, requests
+     and entries (checked against the tree on disk). A mount lists its root when
+     it mounts, so this mount trusts listings for LS_TTL seconds only, and the
+     timer starts once the root's listing has expired: every folder, the root
+     too, is listed during the timed run. `ls -l` of the 5000-file folder: its
+     own listing, on a fresh mount (the root's listing, made at mount time, only
+     finds the folder's name);
   4. re-reading the file of (1), already read: MB/s;
-  5. the peak resident memory of the desfs process during (1);
-  6. downloading a whole job (hundreds of small files, a few large ones) with
+  5. from memory: the file of (1) read again through a mount whose block cache
+     holds all of it (--cache-size twice the file), after the kernel's page cache
+     was dropped (/proc/sys/vm/drop_caches, as root): MB/s, and the requests made
+     during it (0);
+  6. the peak resident memory of the desfs process during (1);
+  7. downloading a whole job (hundreds of small files, a few large ones) with
      `desfs get` vs the documentation's sequential script;
 
 prints a table and writes the figures as JSON.
@@ -22,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -41,6 +55,7 @@ from desfs.sample import make_sample  # noqa: E402
 MiB = 1024 * 1024
 DESFS = [sys.executable, "-m", "desfs"]
 GET_JOB = "0123456789abcdef0123456789abcdef"
+LS_TTL = 2.0  # seconds the cold ls -lR's mount trusts a listing: its root listing expires before the timer
 
 
 def build_data(root: Path, size_mib: int, many: int) -> tuple[str, str]:
@@ -95,44 +110,88 @@ class Mount:
         subprocess.run([*DESFS, "umount", str(self.path)], capture_output=True, timeout=60)
 
 
-def read_file(path: Path, chunk: int = MiB) -> tuple[int, float]:
+def read_file(path: Path, chunk: int = MiB) -> tuple[int, float, float]:
+    """(bytes read, seconds from open to end, seconds from the return of the first read to the end)."""
     started = time.monotonic()
     total = 0
+    first = None
     with open(path, "rb", buffering=0) as f:
         while True:
             data = f.read(chunk)
             if not data:
                 break
             total += len(data)
-    return total, time.monotonic() - started
+            if first is None:
+                first = time.monotonic()
+    end = time.monotonic()
+    return total, end - started, end - (first or end)
 
 
-def curl_download(url: str) -> tuple[int, float]:
-    started = time.monotonic()
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
-                         capture_output=True, text=True, check=True, timeout=1800).stdout
-    return int(float(out)), time.monotonic() - started
+def steady_rate(n: int, secs_after_first: float, chunk: int = MiB) -> float:
+    """MB/s of a read_file() from its first chunk on: the bytes after the first read over their time."""
+    return (n - min(n, chunk)) / max(secs_after_first, 1e-9) / 1e6
+
+
+def curl_download(url: str) -> tuple[int, float, float]:
+    """(bytes, seconds in all: connect, request and body, seconds from the first byte received to the last),
+    from curl's own timers (its start-up is in neither)."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_starttransfer} %{time_total}",
+                          url], capture_output=True, text=True, check=True, timeout=1800).stdout
+    size, first_byte, total = out.split()
+    return int(float(size)), float(total), float(total) - float(first_byte)
+
+
+LS_ENTRY = re.compile(r"[-dlbcps][-rwxsStT]{9}[.+@]? ")  # the mode column of an `ls -l` line
+
+
+def ls_entries(out: str) -> tuple[int, int]:
+    """(entries, folders among them) in the output of `ls -lR`: the lines that describe a file,
+    folder or link, not the folder headers, the `total` lines nor the blank lines between folders."""
+    lines = [line for line in out.splitlines() if LS_ENTRY.match(line)]
+    return len(lines), sum(1 for line in lines if line.startswith("d"))
+
+
+def tree_entries(folder: Path) -> int:
+    """Entries below `folder` on disk that `ls -lR` shows (names not starting with '.')."""
+    count = 0
+    for _root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        count += len(dirs) + sum(1 for f in files if not f.startswith("."))
+    return count
+
+
+def drop_page_cache() -> bool:
+    """Drop the kernel's page cache (clean pages only; needs root). False when not allowed."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
 
 
 def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: int, repeats: int) -> dict:
     job_url = f"{base}{user}/cutout/{job}/"
     res: dict = {"site": name}
     direct, through, rss = [], [], []
+    direct_all, through_all = [], []  # from the start: curl with its connect and request, desfs with its open
     for attempt in range(repeats):  # the median of a few runs: one run on a shared machine says little
         print(f"[{name}] direct download ({attempt + 1}/{repeats}) ...", flush=True)
-        n, secs = curl_download(job_url + "big.bin")
+        n, secs, steady = curl_download(job_url + "big.bin")
         assert n == size, f"curl got {n} of {size} bytes"
-        direct.append(n / secs / 1e6)
+        direct.append(n / steady / 1e6)
+        direct_all.append(n / secs / 1e6)
         print(f"[{name}] sequential read through desfs ({attempt + 1}/{repeats}) ...", flush=True)
         m = Mount(job_url, work / f"{name}-seq{attempt}")
         try:
-            n, secs = read_file(m.path / "big.bin")
+            n, secs, steady = read_file(m.path / "big.bin")
             assert n == size, f"desfs read {n} of {size} bytes"
-            through.append(n / secs / 1e6)
+            through.append(steady_rate(n, steady))
+            through_all.append(n / secs / 1e6)
             rss.append(m.peak_rss_mib())
             if attempt == 0:
                 print(f"[{name}] re-read ...", flush=True)
-                n, secs = read_file(m.path / "big.bin")
+                n, secs, _ = read_file(m.path / "big.bin")
                 res["reread_mb_s"] = n / secs / 1e6
         finally:
             m.close()
@@ -141,7 +200,23 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
     paired = [t / d for d, t in zip(direct, through, strict=True)]  # each run against the download just before it
     res["ratio_range"] = f"{min(paired):.2f}–{max(paired):.2f}"
     res["peak_rss_mib"] = max(rss)
-    res["runs"] = {"direct_mb_s": direct, "desfs_mb_s": through, "peak_rss_mib": rss}
+    res["runs"] = {"direct_mb_s": direct, "desfs_mb_s": through, "peak_rss_mib": rss,
+                   "from_start": {"direct_mb_s": direct_all, "desfs_mb_s": through_all}}
+
+    print(f"[{name}] from memory (block cache warm, page cache dropped) ...", flush=True)
+    m = Mount(job_url, work / f"{name}-mem", "--cache-size", f"{2 * size // MiB}M")
+    try:
+        read_file(m.path / "big.bin")  # fills the block cache, which holds the whole file
+        if drop_page_cache():
+            mark = nginx.mark()
+            n, secs, _ = read_file(m.path / "big.bin")
+            assert n == size, f"desfs read {n} of {size} bytes"
+            res["memory_mb_s"] = n / secs / 1e6
+            res["memory_requests"] = len(nginx.requests_since(mark))
+        else:
+            print(f"[{name}] cannot drop the page cache (not root): no from-memory figure", flush=True)
+    finally:
+        m.close()
 
     print(f"[{name}] FITS header read ...", flush=True)
     from astropy.io import fits
@@ -159,17 +234,23 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
         m.close()
 
     print(f"[{name}] cold ls -lR ...", flush=True)
-    m = Mount(job_url, work / f"{name}-ls")
+    root_json = f"/files-desaccess/{user}/cutout/{job}/json"
+    m = Mount(job_url, work / f"{name}-ls", "--listing-ttl", repr(LS_TTL))
     try:
+        time.sleep(LS_TTL + 0.5)  # the root's listing, made at mount time, has expired
         mark = nginx.mark()
         started = time.monotonic()
         out = subprocess.run(["ls", "-lR", str(m.path)], capture_output=True, text=True, check=True).stdout
         res["ls_lR_s"] = time.monotonic() - started
         reqs = nginx.requests_since(mark)
+        assert any(r[1] == root_json for r in reqs), "the root was not listed again: ls -lR was not cold"
         res["ls_lR_requests"] = len(reqs)
-        res["ls_lR_entries"] = sum(1 for line in out.splitlines() if line[:1] in "-d")
-        folders = sum(1 for line in out.splitlines() if line.startswith("d"))
-        res["ls_lR_folders"] = folders + 0  # every folder below the root, each listed once
+        res["ls_lR_entries"], folders = ls_entries(out)
+        res["ls_lR_folders"] = folders + 1  # with the root: each listed once
+        res["ls_lR_entries_on_disk"] = tree_entries(work / "root" / "files-desaccess" / user / "cutout" / job)
+        if res["ls_lR_entries"] != res["ls_lR_entries_on_disk"]:
+            print(f"[{name}] ls -lR listed {res['ls_lR_entries']} entries, the tree holds "
+                  f"{res['ls_lR_entries_on_disk']}", flush=True)
     finally:
         m.close()
     m = Mount(job_url, work / f"{name}-ls5000")
@@ -178,7 +259,9 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
         started = time.monotonic()
         subprocess.run(["ls", "-l", str(m.path / "many")], capture_output=True, check=True)
         res["ls_l_5000_s"] = time.monotonic() - started
-        res["ls_l_5000_requests"] = len(nginx.requests_since(mark))
+        reqs = nginx.requests_since(mark)
+        assert [r[1] for r in reqs] == [root_json[:-len("json")] + "many/json"], reqs
+        res["ls_l_5000_requests"] = len(reqs)
     finally:
         m.close()
 
@@ -209,17 +292,20 @@ def same_tree(a: Path, b: Path) -> int:
 
 
 ROWS = [
-    ("direct_mb_s", "direct download (curl), MB/s, median", "{:.1f}"),
-    ("desfs_mb_s", "desfs sequential read, MB/s, median", "{:.1f}"),
+    ("direct_mb_s", "direct download (curl), MB/s, median, first byte to last", "{:.1f}"),
+    ("desfs_mb_s", "desfs sequential read, MB/s, median, first read to last", "{:.1f}"),
     ("ratio", "desfs / direct (medians)", "{:.2f}"),
     ("ratio_range", "desfs / direct, run by run: lowest–highest", "{}"),
     ("peak_rss_mib", "desfs peak RSS during it, MiB (budget 256 + 64)", "{:.0f}"),
     ("reread_mb_s", "re-read of the same file, MB/s", "{:.0f}"),
+    ("memory_mb_s", "from memory (block cache warm, page cache dropped), MB/s", "{:.0f}"),
+    ("memory_requests", "from memory: requests", "{}"),
     ("header_bytes", "FITS header of 1 GiB file: bytes fetched", "{:,}"),
     ("header_s", "FITS header of 1 GiB file: seconds", "{:.3f}"),
     ("ls_lR_s", "cold ls -lR, seconds", "{:.2f}"),
     ("ls_lR_requests", "cold ls -lR: requests", "{}"),
-    ("ls_lR_entries", "cold ls -lR: entries listed", "{}"),
+    ("ls_lR_folders", "cold ls -lR: folders, the root included", "{}"),
+    ("ls_lR_entries", "cold ls -lR: entries listed (files, folders)", "{}"),
     ("ls_l_5000_requests", "cold ls -l of the 5000-file folder: requests", "{}"),
     ("ls_l_5000_s", "cold ls -l of the 5000-file folder: seconds", "{:.2f}"),
     ("script_s", "whole job (303 files, 54 MiB): documentation script, s", "{:.1f}"),

@@ -166,7 +166,7 @@ def test_new_version_key_never_mixes_bytes():
 
 def test_short_fetch_is_an_error_not_short_bytes():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"^fetch\(0, 1000\) ended short of the block$"):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"short"))
 
 
@@ -197,10 +197,11 @@ def test_blocks_of_a_mapped_size_are_memory_maps_and_small_ones_bytearrays():
 
 def test_fetcher_delivering_too_much_is_an_error_and_stores_nothing():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
-    with pytest.raises(RuntimeError):
+    too_much = "fetcher delivered more bytes than the blocks asked for"
+    with pytest.raises(RuntimeError, match=f"^{too_much}$"):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"x" * 1500))
     assert not cache.has_block("f", 0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=f"^{too_much}$"):
         cache.fetch_run("f", 3000, 1, 2, lambda a, b, write: write(b"x" * 1500))
 
 
@@ -232,3 +233,175 @@ def test_evicted_blocks_lend_their_memory_within_the_budget():
             data[i * MAPPED_MIN:(i + 1) * MAPPED_MIN]
     assert cache.spares.reused > 0
     assert cache.blocks.current_size + cache.spares.spare_bytes <= 32 * MAPPED_MIN
+
+
+def test_peek_and_put():
+    cache = LoadingCache(100, ttl=60)
+    assert cache.peek("k") is None
+    cache.put("k", 5)
+    assert cache.peek("k") == 5 and cache.get("k", lambda: 6) == 5
+
+
+def test_fetch_run_fetches_only_the_blocks_asked_for_and_stops_at_the_end_of_the_file():
+    data = make_file(2500)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    assert cache.fetch_run("f", 2500, 1, 2, fetch) == 1
+    assert fetch.calls == [(1000, 2000)] and not cache.has_block("f", 0)
+    assert cache.fetch_run("f", 2500, 0, 10, fetch) == 2  # block 1 is cached; past the end there is none
+    assert fetch.calls[1:] == [(0, 1000), (2000, 2500)]
+    assert cache.read("f", 2500, 0, 2500, fetch) == data and len(fetch.calls) == 3
+
+
+def test_discard_file_drops_the_blocks_of_matching_files_only():
+    data = make_file(3000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    for key in (("a", 1), ("b", 1)):
+        cache.read(key, 3000, 0, 3000, CountingFetcher(data))
+    assert cache.discard_file(lambda k: k[0] == "a") == 3
+    assert not any(cache.has_block(("a", 1), i) for i in range(3))
+    assert all(cache.has_block(("b", 1), i) for i in range(3))
+
+
+def test_spares_keep_the_newest_maps_within_their_budget():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(2 * M)
+    spares.give(bytearray(M))  # only maps are kept: a bytearray is not reused
+    spares.give(mmap.mmap(-1, 3 * M))  # larger than the whole budget
+    assert spares.spare_bytes == 0
+    ids = []
+    for n in range(3):
+        block = mmap.mmap(-1, M)
+        ids.append(id(block))
+        spares.give(block)
+        del block
+        assert spares.spare_bytes == min(n + 1, 2) * M  # the third pushes the oldest out
+    taken = [spares.take(M), spares.take(M)]
+    assert [id(b) for b in taken] == [ids[2], ids[1]] and spares.reused == 2 and spares.spare_bytes == 0
+    one = Spares(M)
+    one.give(mmap.mmap(-1, M))  # exactly the budget
+    assert one.spare_bytes == M
+
+
+def test_spares_of_mixed_sizes_push_out_the_oldest_until_the_new_one_fits():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(3 * M)
+    for size in (2 * M, M, 2 * M):  # the third pushes out the first only: the second stays
+        spares.give(mmap.mmap(-1, size))
+    assert spares.spare_bytes == 3 * M
+    spares.take(M)
+    assert spares.reused == 1 and spares.spare_bytes == 2 * M
+
+
+def test_a_run_fetched_short_keeps_the_blocks_delivered_and_says_how_many_are_missing():
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    with pytest.raises(RuntimeError) as info:
+        cache.fetch_run("f", 3000, 0, 3, lambda a, b, write: write(b"x" * 2500))
+    assert str(info.value) == "fetch of blocks 0..2 ended 1 blocks short"
+    assert cache.has_block("f", 0) and cache.has_block("f", 1) and not cache.has_block("f", 2)
+
+
+def test_a_failed_run_releases_every_block_it_claimed_and_its_waiters_get_the_error():
+    data = make_file(5000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    cache.read("f", 5000, 1000, 10, CountingFetcher(data))  # block 1 cached: the run splits in [0] and [2, 3, 4]
+    started, release = threading.Event(), threading.Event()
+
+    def failing(start, stop, write):
+        started.set()
+        release.wait(5)
+        raise OSError(5, "gone")
+
+    errors, outcome = [], []
+
+    def run():
+        try:
+            cache.fetch_run("f", 5000, 0, 5, failing)
+        except OSError as exc:
+            errors.append(exc.errno)
+
+    def reader():
+        try:
+            outcome.append(cache.read("f", 5000, 3000, 10, CountingFetcher(data)))
+        except OSError as exc:
+            outcome.append(exc.errno)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(5)
+    waiter = threading.Thread(target=reader)
+    began = time.monotonic()
+    waiter.start()
+    time.sleep(0.2)  # the reader now waits for block 3, claimed by the run
+    release.set()
+    runner.join(5)
+    waiter.join(5)
+    assert time.monotonic() - began < 5
+    assert errors == [5] and outcome == [5]
+    assert all(cache.blocks.claim(("f", i)) for i in (0, 2, 3, 4))  # none left claimed by the failed run
+
+
+@pytest.mark.parametrize("block_size", [0, -1000])
+def test_a_block_size_must_be_positive(block_size):
+    with pytest.raises(ValueError, match="^block_size must be positive$"):
+        BlockCache(max_bytes=1 << 20, block_size=block_size, ttl=60)
+
+
+def test_the_spares_budget_comes_out_of_the_cache_size_for_mapped_blocks_only():
+    from desfs.cache import MAPPED_MIN
+
+    small = BlockCache(max_bytes=1 << 20, block_size=MAPPED_MIN - 1, ttl=60)
+    assert small.spares.max_bytes == 0 and small.blocks.max_size == 1 << 20
+    odd = 64 * 1024 * 1024 + 5
+    mapped = BlockCache(max_bytes=odd, block_size=MAPPED_MIN, ttl=60)
+    assert mapped.spares.max_bytes == odd // 16 == 4 * 1024 * 1024 and type(mapped.spares.max_bytes) is int
+    assert mapped.blocks.max_size == odd - odd // 16
+    assert BlockCache(max_bytes=1 << 30, block_size=1 << 20, ttl=60).spares.max_bytes == BlockCache.SPARES_MAX
+
+
+def test_blocks_expire_by_the_timer_given():
+    clock = Clock()
+    data = make_file(3000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=10, timer=clock)
+    cache.read("f", 3000, 0, 10, fetch)
+    clock.now += 9.9
+    assert cache.has_block("f", 0)
+    clock.now += 0.2
+    assert not cache.has_block("f", 0)
+    assert cache.read("f", 3000, 0, 10, fetch) == data[:10] and len(fetch.calls) == 2
+
+
+def test_spares_look_past_a_map_still_held_for_an_older_free_one():
+    import mmap
+
+    from desfs.cache import MAPPED_MIN as M, Spares
+
+    spares = Spares(4 * M)
+    older, newer = mmap.mmap(-1, M), mmap.mmap(-1, M)
+    first = id(older)
+    spares.give(older)
+    spares.give(newer)
+    del older
+    held = memoryview(newer)  # a reader still copies from the newer one
+    assert id(spares.take(M)) == first and spares.reused == 1
+    del held
+
+
+def test_expired_blocks_lend_their_memory_too():
+    from desfs.cache import MAPPED_MIN
+
+    clock = Clock()
+    data = make_file(2 * MAPPED_MIN)
+    cache = BlockCache(max_bytes=64 * MAPPED_MIN, block_size=MAPPED_MIN, ttl=10, timer=clock)
+    cache.read("f", len(data), 0, len(data), CountingFetcher(data))
+    assert cache.spares.spare_bytes == 0
+    clock.now += 11
+    assert cache.blocks.current_size == 0  # expired
+    assert cache.spares.spare_bytes == 2 * MAPPED_MIN

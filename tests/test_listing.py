@@ -71,3 +71,53 @@ def test_enormous_listing():
 def test_missing_size_on_file_is_zero_and_folders_ignore_size():
     body = b'[{"name":"d","type":"directory","size":99},{"name":"f","type":"file"}]'
     assert parse_listing(body) == [Entry("d", True, 0, 0.0), Entry("f", False, 0, 0.0)]
+
+
+def test_errors_say_what_is_wrong_and_name_the_listing():
+    url = "http://h/x/json"
+    body = b"<html><head><title>Index of /x/</title></head><body>" + b"x" * 100
+    with pytest.raises(BadListing) as info:
+        parse_listing(body, url)
+    assert str(info.value) == f"folder listing is not valid JSON ({body[:40]!r}): {url}"
+    assert info.value.url == url
+    with pytest.raises(BadListing) as info:
+        parse_listing(b'{"name": "a"}', url)
+    assert str(info.value) == f"folder listing is not a JSON array: {url}" and info.value.url == url
+    with pytest.raises(BadListing) as info:
+        parse_listing(b"7")  # no URL given: the message alone
+    assert str(info.value) == "folder listing is not a JSON array" and not info.value.url
+
+
+def test_every_skipped_item_is_logged_with_the_listing_and_the_reason(caplog):
+    url = "http://h/x/json"
+    body = json.dumps([
+        ["not", "an", "object"],
+        {"name": 5, "type": "file", "size": 1},
+        {"name": "..", "type": "file", "size": 1},
+        {"name": "a/b", "type": "file", "size": 1},
+        {"name": "x" * 256, "type": "file", "size": 1},
+        {"name": "weird", "type": "symlink"},
+        {"name": "neg", "type": "file", "size": -1},
+        {"name": "ok", "type": "file", "size": 1},
+        {"name": "ok", "type": "directory"},
+        {"name": "sock", "type": "other"},  # left out without a word: nothing a reader could open
+        {"name": "last", "type": "file", "size": 2},
+    ]).encode()
+    caplog.set_level("WARNING", logger="desfs.listing")
+    assert [e.name for e in parse_listing(body, url)] == ["ok", "last"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"listing {url}: item that is not an object skipped: ['not', 'an', 'object']",
+        f"listing {url}: name 5 refused: not a string",
+        f"listing {url}: name '..' refused: reserved name",
+        f"listing {url}: name 'a/b' refused: holds '/' or NUL",
+        f"listing {url}: name {'x' * 256!r:.80} refused: longer than 255 bytes",
+        f"listing {url}: 'weird' has unknown type 'symlink', skipped",
+        f"listing {url}: 'neg' has a bad size -1, skipped",
+        f"listing {url}: duplicate name 'ok' skipped",
+    ]
+
+
+def test_a_name_that_is_not_utf8_is_refused_alone(caplog):
+    body = b'[{"name":"bad\xff.fits","type":"file","size":1},{"name":"good.fits","type":"file","size":2}]'
+    assert parse_listing(body, "u") == [Entry("good.fits", False, 2, 0.0)]
+    assert "refused: not valid UTF-8" in caplog.text

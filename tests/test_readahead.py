@@ -1,5 +1,6 @@
 """The readahead layer on its own: fake fetchers, no server, no FUSE."""
 
+import math
 import random
 import threading
 import time
@@ -190,3 +191,326 @@ def test_a_file_read_through_stays_in_the_block_cache():
     bs = stream.blocks.block_size
     assert all(stream.blocks.has_block(stream.key, i) for i in range(size // bs))
     assert fetch.fetched() == size
+
+
+def test_the_rate_of_a_lone_fetch_sets_how_many_fetches_run_at_once():
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=200e6)
+    assert (pre.workers, pre.limit) == (4, 1)
+    pre.overtaken()
+    assert pre.limit == 1  # no rate measured yet: overtaking alone opens nothing
+    for rate, limit in ((200e6, 1), (100e6, 2), (99e6, 3), (66e6, 4), (1e3, 4), (400e6, 1), (201e6, 1)):
+        pre._adapt(rate)
+        assert pre.limit == limit, rate
+    for limit in (2, 3, 4, 4):  # a reader that overtakes: one more each time, up to the workers
+        pre.overtaken()
+        assert pre.limit == limit
+    pre.close()
+    assert Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 0).workers == 1
+
+
+def test_prefetcher_fetches_the_blocks_asked_for_and_nothing_once_closed():
+    size = 1 * MiB
+    data = random.Random(9).randbytes(size)
+    fetch = Fetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 2)
+    pre.submit("f", size, 3, 3, fetch)  # an empty run
+    pre.submit("f", size, 2, 5, fetch)
+    deadline = time.monotonic() + 10
+    while not all(blocks.has_block("f", i) for i in (2, 3, 4)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fetch.calls == [(2 * 64 * KiB, 5 * 64 * KiB)]
+    pre.close()
+    pre.submit("f", size, 6, 8, fetch)
+    time.sleep(0.1)  # nothing may happen: there is nothing to wait for
+    assert len(fetch.calls) == 1 and not blocks.has_block("f", 6)
+
+
+def test_a_lone_slow_fetch_opens_parallel_fetches():
+    size = 4 * MiB
+    data = random.Random(10).randbytes(size)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=200e6)
+    pre.submit("f", size, 0, 2, Fetcher(data, delay=0.05))  # 512 KiB in over 50 ms: ~10 MB/s
+    deadline = time.monotonic() + 10
+    while pre.limit == 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pre.limit == 4
+    pre.close()
+
+
+def test_the_window_opens_after_a_run_of_START_AFTER_min_windows_and_doubles_up_to_the_cap():
+    from desfs.readahead import START_AFTER
+
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB, max_window=8 * MiB)
+    windows = []
+    for off in range(0, 16 * MiB, 256 * KiB):
+        stream.read(off, 256 * KiB)
+        windows.append(stream.window)
+    pre.close()
+    assert START_AFTER == 4
+    assert windows[:3] == [0, 0, 0] and windows[3] == 1 * MiB  # 4 reads of 256 KiB: 4 min_windows
+    assert windows[7] == 2 * MiB and windows[15] == 4 * MiB and windows[31] == 8 * MiB and windows[-1] == 8 * MiB
+
+
+def test_readahead_parts_share_the_window_among_the_fetches_allowed():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
+    stream.window = 16 * MiB
+    assert stream._part_bytes() == 8 * 256 * KiB  # at most 8 blocks a request
+    pre.limit = 4
+    assert stream._part_bytes() == 8 * 256 * KiB
+    pre.limit, stream.window = 4, 4 * MiB
+    assert stream._part_bytes() == 4 * 256 * KiB
+    stream.window = 512 * KiB
+    assert stream._part_bytes() == 256 * KiB  # at least one block
+    pre.close()
+
+
+class ThreadFetcher(Fetcher):
+    """Records, with each fetch, whether one of readahead's threads made it."""
+
+    def __call__(self, start, stop, write):
+        with self.lock:
+            self.calls.append((start, stop, threading.current_thread().name.startswith("desfs-readahead")))
+        for i in range(start, stop, 64 * KiB):
+            write(self.data[i:min(stop, i + 64 * KiB)])
+
+
+def test_readahead_asks_in_whole_parts_up_to_the_end_of_the_file():
+    size = 8 * MiB + 5 * 256 * KiB + 77
+    data = random.Random(11).randbytes(size)
+    fetch = ThreadFetcher(data)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=256 * KiB, max_window=4 * MiB)
+    for off in range(0, size, 128 * KiB):
+        assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
+        time.sleep(0.02)  # a reader far slower than readahead, even on a busy machine
+    pre.close()
+    own = [a // (256 * KiB) for a, b, ahead in fetch.calls if not ahead]
+    ahead = [(a, b) for a, b, by_readahead in fetch.calls if by_readahead]
+    assert own == [0, 1, 2, 3]  # before the run reaches START_AFTER min_windows; readahead fetched the rest
+    assert all(b - a >= 4 * 256 * KiB for a, b in ahead)  # whole parts: the gap grows to one before it is asked for
+    assert ahead[-1][1] == size and sum(b - a for a, b in ahead) == size - 4 * 256 * KiB
+
+
+def test_the_fetches_at_once_are_logged_when_they_change(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=200e6)
+    pre._adapt(50e6)
+    pre._adapt(50e6)  # no change, no line
+    pre._adapt(1e9)
+    pre.overtaken()
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "readahead: 50 MB/s per stream, 4 fetches at once",
+        "readahead: 1000 MB/s per stream, 1 fetches at once",
+        "readahead: overtaken by a reader, 2 fetches at once",
+    ]
+
+
+def test_only_a_read_of_what_readahead_asked_for_counts_as_overtaking_it():
+    bs = 256 * KiB
+    data, fetch, stream, pre = make(16 * MiB, block=bs, max_window=bs)  # a window of one block: none of
+    pre._adapt(1e12)  # these reads continues a run, so none asks for readahead; a rate is known, wanting 1
+
+    def state(start, high, requested, window=bs):
+        stream._start, stream._high, stream._requested, stream.window = start, high, requested, window
+
+    state(0, 4 * bs, 8 * bs)
+    stream.read(8 * bs, 1000)  # just past what readahead asked for: the reader's own block
+    assert pre.limit == 1
+    state(0, 4 * bs, 8 * bs)
+    stream.read(40 * bs, 1000)  # far away: a new run, nothing to do with readahead
+    assert pre.limit == 1
+    state(24 * bs, 28 * bs, 32 * bs)
+    stream.read(24 * bs, 1000)  # the first byte readahead asked for, neither cached nor under way
+    assert pre.limit == 2
+    state(0, 0, 0, window=0)
+    stream.read(50 * bs, 1000)
+    assert pre.limit == 2 and [a // bs for a, b in fetch.calls] == [8, 40, 24, 50]
+    pre.close()
+
+
+def test_a_read_just_within_the_slack_continues_the_run():
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB)
+    stream.read(0, 256 * KiB)
+    stream.read(512 * KiB, 256 * KiB)  # one block (the slack) past the furthest read: still sequential
+    assert stream._start == 0 and stream._high == 768 * KiB
+    stream.read(768 * KiB + 256 * KiB + 1, 10)  # past the slack: a new run
+    assert stream._start == 768 * KiB + 256 * KiB + 1
+    pre.close()
+
+
+def test_without_a_prefetcher_reads_are_plain():
+    size = 8 * MiB
+    data = random.Random(13).randbytes(size)
+    fetch = Fetcher(data)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    stream = ReadStream(blocks, None, ("f", size), size, fetch, min_window=256 * KiB, max_window=4 * MiB)
+    for off in range(0, size, 128 * KiB):
+        assert stream.read(off, 128 * KiB) == data[off:off + 128 * KiB]
+    assert stream.window == 4 * MiB and fetch.calls == [(i, i + 256 * KiB) for i in range(0, size, 256 * KiB)]
+
+
+def test_a_failed_readahead_is_logged_and_left_for_the_reader(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 2)
+
+    def failing(start, stop, write):
+        raise OSError(5, "injected")
+
+    pre.submit("f", MiB, 2, 5, failing)
+    deadline = time.monotonic() + 10
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == ["readahead of blocks 2..4 of 'f' failed: [Errno 5] injected"]
+    assert not any(blocks.has_block("f", i) for i in range(2, 5)) and blocks.blocks.claim(("f", 3))
+
+
+class GatedFetcher(Fetcher):
+    """Fetches that wait for `gate` before delivering; `running` counts those under way."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.gate = threading.Event()
+        self.running = 0
+
+    def __call__(self, start, stop, write):
+        with self.lock:
+            self.calls.append((start, stop))
+            self.running += 1
+        self.gate.wait(5)
+        for i in range(start, stop, 64 * KiB):
+            write(self.data[i:min(stop, i + 64 * KiB)])
+
+
+def wait_for(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_fetches_that_overlapped_are_not_measured():
+    data = random.Random(14).randbytes(MiB)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)  # any measurement would ask for all 4
+    assert Prefetcher(blocks, 1).target_rate == 200e6
+    pre.limit = 2
+    pre.submit("f", MiB, 0, 1, fetch)
+    pre.submit("f", MiB, 1, 2, fetch)
+    assert wait_for(lambda: fetch.running == 2)
+    fetch.gate.set()
+    assert wait_for(lambda: blocks.has_block("f", 0) and blocks.has_block("f", 1) and pre._active == 0)
+    time.sleep(0.05)  # each fetch measures, or not, right after giving its slot back
+    pre.close()
+    assert pre.limit == 2 and not pre._rated
+
+
+def test_the_rate_of_a_lone_fetch_is_bytes_over_seconds():
+    data = random.Random(15).randbytes(MiB)
+    blocks = BlockCache(4 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=5e6)
+    started = time.monotonic()
+    pre.submit("f", MiB, 0, 1, Fetcher(data, delay=0.2))  # 256 KiB in 0.2 s and a little: 1.0 to 1.3 MB/s
+    assert wait_for(lambda: pre._rated)
+    took = time.monotonic() - started
+    pre.close()
+    assert 4 <= pre.limit <= math.ceil(5e6 / (256 * KiB / took))  # 5 MB/s wanted: 4 or 5 of them
+
+
+def test_a_failed_lone_fetch_measures_nothing():
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)
+
+    called = threading.Event()
+
+    def failing(start, stop, write):
+        called.set()
+        raise OSError(5, "injected")
+
+    pre.submit("f", MiB, 0, 2, failing)
+    assert wait_for(lambda: called.is_set() and pre._active == 0)
+    time.sleep(0.05)  # a fetch measures, or not, right after giving its slot back
+    pre.close()
+    assert pre.limit == 1 and not pre._rated
+
+
+def test_close_returns_at_once_and_nothing_is_fetched_after_it():
+    data = random.Random(16).randbytes(MiB)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4)
+    for i in range(4):  # one runs (the limit is 1), three wait for a slot
+        pre.submit("f", MiB, i, i + 1, fetch)
+    assert wait_for(lambda: fetch.running == 1)
+    started = time.monotonic()
+    pre.close()
+    assert time.monotonic() - started < 1  # not waiting for the fetch under way
+    fetch.gate.set()
+    for t in list(pre._pool._threads):
+        t.join(5)
+    assert len(fetch.calls) == 1
+
+
+def test_the_rate_is_logged_in_mb_per_second(caplog):
+    caplog.set_level("DEBUG", logger="desfs.readahead")
+    pre = Prefetcher(BlockCache(MiB, 64 * KiB, ttl=60), 4, target_rate=1e9)
+    pre._adapt(250_500_100)
+    pre.close()
+    assert [r.getMessage() for r in caplog.records] == ["readahead: 251 MB/s per stream, 4 fetches at once"]
+
+
+def test_the_first_read_starts_the_run_where_it_reads():
+    data, fetch, stream, pre = make(16 * MiB, block=256 * KiB)
+    stream.read(100 * KiB, 10)
+    pre.close()
+    assert (stream._start, stream._high) == (100 * KiB, 100 * KiB + 10)
+
+
+def test_no_more_fetches_at_once_than_allowed():
+    size = 4 * MiB
+    data = random.Random(12).randbytes(size)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(16 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)  # what a lone fetch measures never asks for more than 1
+    pre.limit = 2
+    for i in range(6):
+        pre.submit("f", size, i, i + 1, fetch)
+    assert wait_for(lambda: fetch.running == 2)
+    time.sleep(0.2)  # a third fetch, were it let through, would have started by now
+    assert fetch.running == 2
+    fetch.gate.set()
+    assert wait_for(lambda: all(blocks.has_block("f", i) for i in range(6)))
+    pre.close()
+    assert len(fetch.calls) == 6
+
+
+def test_a_range_is_split_into_whole_parts_one_request_each():
+    bs = 256 * KiB
+    data = random.Random(17).randbytes(16 * MiB)
+    fetch = GatedFetcher(data)
+    fetch.gate.set()
+    blocks = BlockCache(64 * MiB, bs, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1)
+    stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
+    stream.window = 4 * bs  # parts of 4 blocks (one fetch allowed at once)
+    stream._submit(0, 12 * bs)
+    assert wait_for(lambda: all(blocks.has_block(("f", 16 * MiB), i) for i in range(12)))
+    pre.close()
+    assert sorted(fetch.calls) == [(0, 4 * bs), (4 * bs, 8 * bs), (8 * bs, 12 * bs)]
+
+
+def test_an_empty_read_at_the_start_then_one_within_the_slack_are_one_run():
+    data, fetch, stream, pre = make(16 * MiB, block=256 * KiB)
+    stream.read(0, 0)
+    stream.read(100 * KiB, 10)
+    pre.close()
+    assert (stream._start, stream._high) == (0, 100 * KiB + 10)
