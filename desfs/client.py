@@ -116,7 +116,7 @@ class Client:
 
         def consume(resp: requests.Response) -> Listing:
             declared = _length(resp, url)
-            too_large = f"folder listing larger than {cap / 2**20:g} MiB of JSON"
+            too_large = f"folder listing larger than {cap} bytes of JSON"
             if declared is not None and "Content-Encoding" not in resp.headers and declared > cap:
                 raise TooLarge(too_large, url)
             expect_bytes(min(declared or 0, cap))
@@ -337,6 +337,9 @@ class Client:
 # for making the socket, and `request`), in the thread that runs the try.
 
 
+WATCH_GRACE = 0.5  # seconds
+
+
 class _Watch:
     """The deadline of one try, and the socket it uses once it has one.
 
@@ -360,12 +363,14 @@ class _Watch:
         self.nbytes = max(self.nbytes, nbytes)
 
     @property
-    def deadline(self) -> float:
-        return self.started + allowance(self.timeout, self.nbytes * self.peak)
+    def seconds(self) -> float:
+        """What the try is allowed: `timeout`, and its bytes at its share of MIN_RATE."""
+        return allowance(self.timeout, self.nbytes * self.peak)
 
     @property
-    def seconds(self) -> float:
-        return self.deadline - self.started
+    def deadline(self) -> float:
+        # WATCH_GRACE later: a plain stall meets the socket's own timeout first (a clearer message)
+        return self.started + self.seconds + WATCH_GRACE
 
 
 class _Watchdog:

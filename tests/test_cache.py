@@ -166,7 +166,7 @@ def test_new_version_key_never_mixes_bytes():
 
 def test_short_fetch_is_an_error_not_short_bytes():
     cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
-    with pytest.raises(RuntimeError, match=r"^fetch\(0, 1000\) ended short of the block$"):
+    with pytest.raises(RuntimeError, match=r"^fetch of blocks 0..0 ended 1 blocks short$"):
         cache.read("f", 3000, 0, 10, lambda a, b, write: write(b"short"))
 
 

@@ -9,7 +9,7 @@ from email.utils import formatdate
 import pytest
 
 from desfs.client import Client
-from desfs.errors import AccessDenied, BadListing, NotFound, ServerError, Stale, Timeout
+from desfs.errors import AccessDenied, BadListing, NotFound, ServerError, Stale, Timeout, TooLarge
 from desfs.listing import Entry
 
 from conftest import BIG_SIZE, ODD_NAMES
@@ -372,7 +372,7 @@ def test_timeouts_say_how_long(client, server):
     server.faults.stall, server.faults.stall_count, server.faults.stall_seconds = "before-headers", 1, 5
     with pytest.raises(Timeout) as info:
         client.list_dir("/")
-    assert str(info.value).startswith("no answer within 2 s: ")
+    assert str(info.value).startswith("no answer within 2 s: ")  # the socket's timeout, before the deadline's
     e = entry_of(client, "/big.bin")
     server.reset()
     server.faults.stall, server.faults.stall_count, server.faults.stall_seconds = "after-headers", 1, 5
@@ -394,8 +394,9 @@ def test_listing_too_large(client, server, monkeypatch):
     import desfs.client as client_module
 
     monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", 100)
-    with pytest.raises(BadListing, match="folder listing larger than 100 bytes"):
+    with pytest.raises(TooLarge, match="folder listing larger than 100 bytes of JSON") as info:
         client.list_dir("/")
+    assert info.value.errno == errno.EFBIG
 
 
 def test_stat_names_the_file_and_gives_its_listed_size_and_time(client):
@@ -603,9 +604,10 @@ def test_stat_without_a_length_and_a_range_answer_that_makes_no_sense():
     odd = _OddServer()
     try:
         c = Client(odd.url, timeout=2, retries=0)
-        assert c.stat("/a/XX") == Entry("XX", False, 0, 1594048893.0)  # no length given: 0
-        assert c.stat("/XX").name == "XX"
-        assert c.stat("/") == Entry("", False, 0, 1594048893.0)
+        for path in ("/a/XX", "/XX", "/"):  # no length given: a server error, never an empty file
+            with pytest.raises(ServerError) as info:
+                c.stat(path)
+            assert str(info.value) == f"the server gave no size (Content-Length) for the file: {c.url(path)}"
         with pytest.raises(ServerError) as info:
             c.read_range("/f", 0, 10, Entry("f", False, 10, 0.0))
         assert str(info.value) == f"206 answer with a bad Content-Range 'bytes x': {odd.url}f"
@@ -701,9 +703,9 @@ def test_a_listing_may_be_as_large_as_the_limit_and_no_larger(client, server, mo
     monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", len(body))
     assert len(client.list_dir("/sized")) == 100
     monkeypatch.setattr(client_module, "LISTING_MAX_BYTES", len(body) - 1)
-    with pytest.raises(BadListing) as info:
+    with pytest.raises(TooLarge) as info:
         client.list_dir("/sized")
-    assert str(info.value) == f"folder listing larger than {len(body) - 1} bytes: {url}"
+    assert str(info.value) == f"folder listing larger than {len(body) - 1} bytes of JSON: {url}"
 
 
 def test_skipped_items_are_logged_with_the_listings_url(client, server, caplog):
@@ -771,7 +773,7 @@ def test_a_connection_reset_mid_answer_says_so():
         odd.close()
 
 
-def test_range_answers_are_taken_as_sent_even_through_urllib3(monkeypatch):
+def test_range_answers_sent_encoded_are_refused_even_through_urllib3(monkeypatch):
     import gzip
 
     import desfs.client as client_module
@@ -781,8 +783,10 @@ def test_range_answers_are_taken_as_sent_even_through_urllib3(monkeypatch):
     try:
         c = Client(odd.url, timeout=2, retries=0)
         entry = Entry("gzipped-range", False, len(sent), 0.0)
-        assert c.read_range("/gzipped-range", 0, len(sent), entry) == sent
-        monkeypatch.setattr(client_module, "_plain_body", lambda resp: None)
-        assert c.read_range("/gzipped-range", 0, len(sent), entry) == sent  # never decoded
+        for _transport in ("beneath urllib3", "through urllib3"):  # neither decoded nor taken as file bytes
+            with pytest.raises(ServerError) as info:
+                c.read_range("/gzipped-range", 0, len(sent), entry)
+            assert str(info.value).startswith("server sent the file encoded (Content-Encoding: gzip)")
+            monkeypatch.setattr(client_module, "_plain_body", lambda resp: None)
     finally:
         odd.close()

@@ -82,10 +82,11 @@ def test_errors_say_what_is_wrong_and_name_the_listing():
     assert info.value.url == url
     with pytest.raises(BadListing) as info:
         parse_listing(b'{"name": "a"}', url)
-    assert str(info.value) == f"folder listing is not a JSON array: {url}" and info.value.url == url
+    assert str(info.value) == f"folder listing is not a JSON array (b'{{\"name\": \"a\"}}'): {url}"
+    assert info.value.url == url
     with pytest.raises(BadListing) as info:
         parse_listing(b"7")  # no URL given: the message alone
-    assert str(info.value) == "folder listing is not a JSON array" and not info.value.url
+    assert str(info.value) == "folder listing is not a JSON array (b'7')" and not info.value.url
 
 
 def test_every_skipped_item_is_logged_with_the_listing_and_the_reason(caplog):
