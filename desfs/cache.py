@@ -502,9 +502,6 @@ class BlockCache:
                 raise
         return filled
 
-    def has_block(self, key: Hashable, index: int) -> bool:
-        return (key, index) in self.blocks
-
     def discard_file(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop the blocks of every file whose key satisfies `predicate`."""
         return self.blocks.discard_where(lambda k: predicate(k[0]))

@@ -145,12 +145,6 @@ class Client:
 
         return self.request("HEAD", url, {}, consume)
 
-    def read_range(self, path: str, start: int, stop: int, expect: Entry) -> bytes:
-        """Bytes [start, stop) of the version `expect` of a file; exactly stop - start of them."""
-        buf = bytearray()
-        self.fetch(path, start, stop, expect, buf.extend)
-        return bytes(buf)
-
     def fetch(self, path: str, start: int, stop: int, expect: Entry,
               write: "Sink | Callable[[memoryview], object]") -> None:
         """Stream bytes [start, stop) of version `expect` into `write`, resuming after a retry.

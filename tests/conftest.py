@@ -160,6 +160,18 @@ def source_files(folder: str) -> dict[str, str]:
     return found
 
 
+def read_range(client, path: str, start: int, stop: int, expect) -> bytes:
+    """Bytes [start, stop) of version `expect` of a file, through Client.fetch (for tests)."""
+    buf = bytearray()
+    client.fetch(path, start, stop, expect, buf.extend)
+    return bytes(buf)
+
+
+def has_block(cache, key, index: int) -> bool:
+    """Whether a BlockCache holds block `index` of the file `key` (for tests)."""
+    return (key, index) in cache.blocks
+
+
 def wait_for(condition, seconds: float = 10.0, interval: float = 0.05):
     """Poll `condition` until it returns something true (returned); fail the test after `seconds`."""
     deadline = time.monotonic() + seconds

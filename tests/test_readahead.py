@@ -7,6 +7,7 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
+from conftest import has_block
 from desfs.cache import BlockCache
 from desfs.readahead import Prefetcher, ReadStream
 
@@ -189,7 +190,7 @@ def test_a_file_read_through_stays_in_the_block_cache():
         stream.read(off, 128 * KiB)
     pre.close()
     bs = stream.blocks.block_size
-    assert all(stream.blocks.has_block(stream.key, i) for i in range(size // bs))
+    assert all(has_block(stream.blocks, stream.key, i) for i in range(size // bs))
     assert fetch.fetched() == size
 
 
@@ -217,13 +218,13 @@ def test_prefetcher_fetches_the_blocks_asked_for_and_nothing_once_closed():
     pre.submit("f", size, 3, 3, fetch)  # an empty run
     pre.submit("f", size, 2, 5, fetch)
     deadline = time.monotonic() + 10
-    while not all(blocks.has_block("f", i) for i in (2, 3, 4)) and time.monotonic() < deadline:
+    while not all(has_block(blocks, "f", i) for i in (2, 3, 4)) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert fetch.calls == [(2 * 64 * KiB, 5 * 64 * KiB)]
     pre.close()
     pre.submit("f", size, 6, 8, fetch)
     time.sleep(0.1)  # nothing may happen: there is nothing to wait for
-    assert len(fetch.calls) == 1 and not blocks.has_block("f", 6)
+    assert len(fetch.calls) == 1 and not has_block(blocks, "f", 6)
 
 
 def test_a_lone_slow_fetch_opens_parallel_fetches():
@@ -370,7 +371,7 @@ def test_a_failed_readahead_is_logged_and_left_for_the_reader(caplog):
         time.sleep(0.01)
     pre.close()
     assert [r.getMessage() for r in caplog.records] == ["readahead of blocks 2..4 of 'f' failed: [Errno 5] injected"]
-    assert not any(blocks.has_block("f", i) for i in range(2, 5)) and blocks.blocks.claim(("f", 3))
+    assert not any(has_block(blocks, "f", i) for i in range(2, 5)) and blocks.blocks.claim(("f", 3))
 
 
 class GatedFetcher(Fetcher):
@@ -408,7 +409,7 @@ def test_fetches_that_overlapped_are_not_measured():
     pre.submit("f", MiB, 1, 2, fetch)
     assert wait_for(lambda: fetch.running == 2)
     fetch.gate.set()
-    assert wait_for(lambda: blocks.has_block("f", 0) and blocks.has_block("f", 1) and pre._active == 0)
+    assert wait_for(lambda: has_block(blocks, "f", 0) and has_block(blocks, "f", 1) and pre._active == 0)
     time.sleep(0.05)  # each fetch measures, or not, right after giving its slot back
     pre.close()
     assert pre.limit == 2 and not pre._rated
@@ -488,7 +489,7 @@ def test_no_more_fetches_at_once_than_allowed():
     time.sleep(0.2)  # a third fetch, were it let through, would have started by now
     assert fetch.running == 2
     fetch.gate.set()
-    assert wait_for(lambda: all(blocks.has_block("f", i) for i in range(6)))
+    assert wait_for(lambda: all(has_block(blocks, "f", i) for i in range(6)))
     pre.close()
     assert len(fetch.calls) == 6
 
@@ -503,7 +504,7 @@ def test_a_range_is_split_into_whole_parts_one_request_each():
     stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
     stream.window = 4 * bs  # parts of 4 blocks (one fetch allowed at once)
     stream._submit(0, 12 * bs)
-    assert wait_for(lambda: all(blocks.has_block(("f", 16 * MiB), i) for i in range(12)))
+    assert wait_for(lambda: all(has_block(blocks, ("f", 16 * MiB), i) for i in range(12)))
     pre.close()
     assert sorted(fetch.calls) == [(0, 4 * bs), (4 * bs, 8 * bs), (8 * bs, 12 * bs)]
 
