@@ -6,8 +6,8 @@ ranges), so every test of this module runs without a server. Readers get views
 of the cached blocks, so a byte is copied once on its way to the kernel.
 
 The seam for another tier: a LoadingCache (single-flight loads, bounded waits)
-keeps its values in a `Store` (get / put / discard per key); `MemoryStore` is the
-one there is. A BlockCache's keys are (FileKey, block index), and every block
+keeps its values in a `Store` (get / put / discard per key): `MemoryStore`, and
+`TieredStore` of a memory store in front of another (diskcache.DiskStore). A BlockCache's keys are (FileKey, block index), and every block
 comes in through `BlockCache._fill`, for a reader and for readahead alike.
 
 Internals of others relied on here: CPython's reference counts (`sys.getrefcount`) tell
@@ -145,6 +145,47 @@ class MemoryStore:
     @property
     def max_size(self) -> int:
         return int(self._data.maxsize)
+
+
+class TieredStore:
+    """Two stores as one: `upper` (memory) in front of `lower` (a disk tier). A value is put in both; a miss
+    in `upper` that `lower` has is promoted into `upper`. A use served by `upper` is told to `lower`
+    (its `touch`, when it has one), so that `lower`'s least recently used is really that. Its size and
+    budget are `lower`'s (everything kept is there)."""
+
+    def __init__(self, upper: Store, lower: Store) -> None:
+        self.upper, self.lower = upper, lower
+        self._touch = getattr(lower, "touch", None)
+
+    def get(self, key: Hashable) -> Any | None:
+        value = self.upper.get(key)
+        if value is not None:
+            if self._touch is not None:
+                self._touch(key)
+            return value
+        value = self.lower.get(key)
+        if value is not None:
+            self.upper.put(key, value)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self.upper.put(key, value)
+        self.lower.put(key, value)
+
+    def discard(self, key: Hashable) -> bool:
+        upper = self.upper.discard(key)
+        return self.lower.discard(key) or upper
+
+    def keys(self) -> list[Hashable]:
+        return list(dict.fromkeys(self.lower.keys() + self.upper.keys()))
+
+    @property
+    def current_size(self) -> int:
+        return self.lower.current_size
+
+    @property
+    def max_size(self) -> int:
+        return self.lower.max_size
 
 
 class _Flight:
@@ -413,16 +454,22 @@ class BlockCache:
     SPARES_MAX = 8 * 1024 * 1024
 
     def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic,
-                 patience: Callable[[int], float] | None = None, store: Store | None = None):
+                 patience: Callable[[int], float] | None = None, store: Store | None = None,
+                 below: Store | None = None):
         """`patience(n)`: seconds a load of n bytes may take before threads waiting for it give up.
         Blocks are kept in `store` (keys: (file key, block index); values: the blocks' buffers), else
-        in memory (a MemoryStore of `max_bytes` less the spares, `ttl`)."""
+        in memory (a MemoryStore of `max_bytes` less the spares, `ttl`), in front of the store `below`
+        when there is one (a TieredStore: a disk tier)."""
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
         self._patience = patience or (lambda nbytes: None)
         spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
         self.spares = Spares(spare)
+        if store is None and below is not None:
+            store = TieredStore(MemoryStore(max_bytes - spare, ttl, getsizeof=len, timer=timer,
+                                            on_drop=self.spares.give), below)
+        self.below = below
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
                                    store=store)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
@@ -105,6 +106,12 @@ class Settings:
         "(default: %s, at most a quarter of --cache-size)"))
     connections: int = field(default=8, metadata=option(
         CACHING, count, "N", "range requests that readahead makes at once (default: %s)"))
+    disk_cache: str | None = field(default=None, metadata=option(
+        CACHING, str, "DIR", "folder of the disk cache, kept across mounts (default: %s); --no-disk-cache: none",
+        shown="$XDG_CACHE_HOME/desfs, else ~/.cache/desfs"))
+    disk_cache_size: int = field(default=5 * 1024 * MiB, metadata=option(
+        CACHING, parse_size, "SIZE", "disk for cached file blocks; 10%% of its file system is always left free "
+        "(default: %s)"))
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))
@@ -164,6 +171,12 @@ class Settings:
         """Seconds a whole operation on `nbytes` may take, every try and pause between tries included: how
         long a thread waiting for another one's load of the same bytes waits at most."""
         return (self.retries + 1) * allowance(self.timeout, nbytes) + self.retries * RETRY_AFTER_MAX + 1.0
+
+
+def default_disk_cache() -> str:
+    """Where a mount keeps its disk cache unless told: $XDG_CACHE_HOME/desfs, else ~/.cache/desfs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "desfs")
 
 
 def _flag(name: str) -> str:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from desfs.cache import BlockCache, FileKey, LoadingCache
 from desfs.client import Client
+from desfs.diskcache import DiskStore
 from desfs.errors import NotFound, Stale, TooLarge
 from desfs.listing import Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
@@ -74,8 +75,9 @@ class Caches:
         self.listings = LoadingCache(settings.listing_cache_size, lambda listing: listing.ttl or settings.listing_ttl,
                                      getsizeof=_listing_size, timer=timer,
                                      patience=settings.patience(LISTING_WAIT_BYTES))
+        self.disk = _disk_store(settings)
         self.blocks = BlockCache(settings.cache_size, settings.block_size, settings.block_ttl, timer=timer,
-                                 patience=settings.patience)
+                                 patience=settings.patience, below=self.disk)
         self.readahead_max = settings.readahead_window
         self.prefetcher = Prefetcher(self.blocks, settings.connections) if self.readahead_max > 0 else None
         self.listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
@@ -84,6 +86,22 @@ class Caches:
         if self.prefetcher:
             self.prefetcher.close()
         self.listers.shutdown(wait=False, cancel_futures=True)
+        if self.disk is not None:
+            self.disk.close()
+
+
+def _disk_store(settings: Settings) -> DiskStore | None:
+    """The disk tier the settings ask for (none when `disk_cache` is empty); a folder that cannot be
+    used is said in the log, and the mount goes on with memory alone."""
+    if not settings.disk_cache:
+        return None
+    try:
+        store = DiskStore(settings.disk_cache, settings.disk_cache_size)
+    except OSError as exc:
+        log.warning("no disk cache: %s", exc)
+        return None
+    log.info("disk cache %s (up to %d MiB)", store.folder, settings.disk_cache_size // MiB)
+    return store
 
 
 class Tree:

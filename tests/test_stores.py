@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from desfs.cache import BlockCache, FileKey, MemoryStore, Store
+from desfs.cache import BlockCache, FileKey, MemoryStore, Store, TieredStore
+from desfs.diskcache import DiskStore
 
 
 class Clock:
@@ -26,13 +27,20 @@ STORES = {
     "memory": lambda budget, ttl, clock: MemoryStore(budget, ttl, getsizeof=len, timer=clock),
     "memory, ttl per value": lambda budget, ttl, clock: MemoryStore(budget, lambda value: ttl, getsizeof=len,
                                                                     timer=clock),
+    "disk": lambda budget, ttl, clock, folder: DiskStore(folder, budget, ttl=ttl, timer=clock),
+    "memory over disk": lambda budget, ttl, clock, folder: TieredStore(
+        MemoryStore(budget, ttl, getsizeof=len, timer=clock), DiskStore(folder, budget, ttl=ttl, timer=clock)),
 }
 
 
 @pytest.fixture(params=sorted(STORES))
-def make(request):
+def make(request, tmp_path):
     clock = Clock()
-    return lambda budget=1000, ttl=60.0: STORES[request.param](budget, ttl, clock), clock
+    factory = STORES[request.param]
+    if "disk" in request.param:  # a folder of its own for each store made
+        made = iter(range(1000))
+        return lambda budget=1000, ttl=60.0: factory(budget, ttl, clock, str(tmp_path / f"disk{next(made)}")), clock
+    return lambda budget=1000, ttl=60.0: factory(budget, ttl, clock), clock
 
 
 def test_has_every_member_of_the_protocol(make):

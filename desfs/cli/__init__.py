@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--handoff-fd", type=int, help=argparse.SUPPRESS)
     Settings.add_options(m, *MOUNT_GROUPS)
+    m.add_argument("--no-disk-cache", dest="disk_cache", action="store_const", const="",
+                   help="keep no disk cache: blocks in memory only, gone at unmount")
     add_account_options(m)
 
     u = sub.add_parser("umount", help="unmount a desfs mount", description=(

@@ -23,7 +23,7 @@ from desfs.cli.daemon import TreeMaker, serve
 from desfs.cli.jobs import credentials, resolve_source, sign_in, site_urls
 from desfs.credentials import Credentials
 from desfs.mounting import MountError, check_mountpoint, unmount
-from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings
+from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings, default_disk_cache
 
 log = logging.getLogger("desfs")
 
@@ -41,8 +41,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
                     "through %s", args.mountpoint)
     if not args.foreground:
         return _mount_in_background(args, url)
-    return serve(args.mountpoint, Settings.from_args(args), tree_maker(args, url), fuse_options=options,
+    return serve(args.mountpoint, mount_settings(args), tree_maker(args, url), fuse_options=options,
                  log_file=args.log_file, ready_fd=args.ready_fd)
+
+
+def mount_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a mount: the disk cache is on, in its default folder, unless --disk-cache names
+    another or --no-disk-cache (an empty name) turns it off; a folder named relative to here is made absolute."""
+    settings = Settings.from_args(args)
+    folder = default_disk_cache() if settings.disk_cache is None else settings.disk_cache
+    return dataclasses.replace(settings, disk_cache=folder and os.path.abspath(os.path.expanduser(folder)))
 
 
 def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
@@ -129,7 +137,7 @@ def fuse_options(groups: list[str]) -> dict:
 def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_fd: int, handoff_fd: int) -> list[str]:
     """The command line of the process that serves a background mount: this one's options, in the
     foreground, reporting on `ready_fd`, reading the URLs and credentials (`handoff`) from `handoff_fd`."""
-    settings = Settings.from_args(args)
+    settings = mount_settings(args)
     if settings.ca_bundle:  # the child runs in /
         settings = dataclasses.replace(settings, ca_bundle=os.path.abspath(settings.ca_bundle))
     argv = (["--debug"] if args.debug else []) + [

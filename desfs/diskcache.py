@@ -1,0 +1,464 @@
+"""Disk tier of the block cache: a cache.Store whose blocks survive unmounts, reboots and crashes.
+
+Layout of a cache folder (0700, every file 0600, opened with O_NOFOLLOW):
+
+    blocks/ab/ab12…ef   one file per block, named by the SHA-256 of its key
+    tmp/                blocks being written (renamed into blocks/ when complete)
+    index.sqlite        what is stored: size, last use (a sequence), time stored, pin
+    evict.lock          flock'ed by the one process evicting at a time
+
+A block file is a header (magic, data length, CRC32 of the data, time stored,
+the key itself, CRC32 of the header) followed by the data. Every read checks
+all of it: a torn, truncated or corrupt file, or one of another key, is a miss
+(and is removed), never wrong bytes. Writes go to a temporary file that is
+renamed into place, so a crash (kill -9) mid-write leaves at worst a stray
+temporary file, removed at the next start.
+
+The index is advisory: a read goes to the block's file directly (no query), and
+a file the index does not know (a crash between the rename and the index's
+update) is adopted when it is read. It serves eviction (least recently used
+first, pinned last) and the total size, kept by triggers, so opening a cache of
+any size reads nothing but the index's header (no scan). SQLite in WAL mode lets
+several processes (two mounts, a mount and `desfs cache fetch`) share a folder;
+only the one holding evict.lock evicts. The budget is `max_size` bytes and never
+less than `FREE_FLOOR` of the file system left free.
+
+Keys are what cache.BlockCache uses, (FileKey(url, size, mtime), index), or plain
+strings and numbers; nothing else is ever written (no credentials, no tokens).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import mmap
+import os
+import sqlite3
+import stat
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from desfs.cache import MAPPED_MIN, FileKey
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"DESFSBK1"
+_HEAD = struct.Struct("<8sQIdI")  # magic, data length, data CRC32, time stored, key length
+_CRC = struct.Struct("<I")
+FREE_FLOOR = 0.10  # share of the file system the cache always leaves free
+FLUSH_EVERY = 256  # uses of blocks remembered before they are written to the index
+FLUSH_SECONDS = 2.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (name TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL,
+                                   used INTEGER NOT NULL, stored REAL NOT NULL, pinned INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (pinned, used);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('total', 0), ('seq', 0);
+CREATE TRIGGER IF NOT EXISTS blocks_add AFTER INSERT ON blocks
+    BEGIN UPDATE meta SET v = v + new.size WHERE k = 'total'; END;
+CREATE TRIGGER IF NOT EXISTS blocks_del AFTER DELETE ON blocks
+    BEGIN UPDATE meta SET v = v - old.size WHERE k = 'total'; END;
+CREATE TRIGGER IF NOT EXISTS blocks_upd AFTER UPDATE OF size ON blocks
+    BEGIN UPDATE meta SET v = v - old.size + new.size WHERE k = 'total'; END;
+"""
+
+
+class DiskCacheError(OSError):
+    """The cache folder cannot be used (a symbolic link, someone else's, not writable)."""
+
+
+def encode_key(key: Hashable) -> str:
+    """A key as text (stored in the index and in each block's header): JSON of strings, numbers, tuples
+    and FileKeys, nothing else."""
+    return json.dumps(_plain(key), separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_key(text: str) -> Hashable:
+    return _unplain(json.loads(text))
+
+
+def _plain(key: Any) -> Any:
+    if isinstance(key, FileKey):
+        return {"u": key.url, "s": key.size, "m": key.mtime}
+    if isinstance(key, tuple):
+        return [_plain(k) for k in key]
+    if isinstance(key, (str, int, float)) and not isinstance(key, bool):
+        return key
+    raise TypeError(f"a disk cache key cannot hold {type(key).__name__}")
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return FileKey(value["u"], value["s"], value["m"])
+    if isinstance(value, list):
+        return tuple(_unplain(v) for v in value)
+    return value
+
+
+def private_folder(path: str) -> str:
+    """Make (0700) or check the folder `path`: not a symbolic link, owned by this user, private."""
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise DiskCacheError(f"disk cache {path} is not a folder (a symbolic link is refused)")
+    if st.st_uid != os.getuid():
+        raise DiskCacheError(f"disk cache {path} belongs to another user")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+class DiskStore:
+    """A cache.Store of byte blocks in a folder (see the module's docstring). `ttl`: seconds a block is
+    kept after it was stored (None: until evicted); `timer`: the clock of `ttl` (wall time)."""
+
+    def __init__(self, folder: str, max_size: int, ttl: float | None = None,
+                 timer: Callable[[], float] = time.time, free_floor: float = FREE_FLOOR) -> None:
+        self.folder = private_folder(folder)
+        self._max = max_size
+        self._ttl, self._timer, self._free_floor = ttl, timer, free_floor
+        self._lock = threading.RLock()
+        self._pending: dict[str, tuple[str, int]] = {}  # name → (key text, size): uses not yet in the index
+        self._flushed = time.monotonic()
+        self.hits = self.misses = self.corrupt = 0
+        for sub in ("blocks", "tmp"):
+            os.makedirs(os.path.join(self.folder, sub), mode=0o700, exist_ok=True)
+        self._clean_tmp()
+        self._db = self._open_index()
+
+    # -- the index ------------------------------------------------------------
+
+    def _open_index(self) -> sqlite3.Connection:
+        path = os.path.join(self.folder, "index.sqlite")
+        for attempt in (1, 2):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                os.close(fd)
+                db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                return db
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2:
+                    raise DiskCacheError(f"disk cache index {path}: {exc}") from None
+                log.warning("disk cache index %s is unreadable (%s): starting a new one; blocks already on disk "
+                            "are taken back as they are read", path, exc)
+                for suffix in ("", "-wal", "-shm"):
+                    try:
+                        os.unlink(path + suffix)
+                    except FileNotFoundError:
+                        pass
+        raise AssertionError("unreachable")
+
+    def _tx(self, sql_and_args: list[tuple[str, tuple]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in sql_and_args:
+                db.execute(sql, args)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _next_seq(self, n: int) -> int:
+        """Reserve `n` use numbers (inside a transaction); the first is returned."""
+        (seq,) = self._db.execute("UPDATE meta SET v = v + ? WHERE k = 'seq' RETURNING v", (n,)).fetchone()
+        return seq - n + 1
+
+    def _flush(self) -> None:
+        """Write the remembered uses to the index (one transaction)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self._flushed = time.monotonic()
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = self._next_seq(len(pending))
+                now = self._timer()
+                for i, (name, (text, size)) in enumerate(pending.items()):
+                    db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
+                               "ON CONFLICT(name) DO UPDATE SET used = excluded.used",
+                               (name, text, size, seq + i, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.warning("disk cache: could not record block uses: %s", exc)
+
+    def _remember_use(self, name: str, text: str, size: int) -> None:
+        self._pending.pop(name, None)  # (re-inserted last: the most recent use)
+        self._pending[name] = (text, size)
+        if len(self._pending) >= FLUSH_EVERY or time.monotonic() - self._flushed > FLUSH_SECONDS:
+            self._flush()
+
+    # -- files ----------------------------------------------------------------
+
+    def _name(self, text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, "blocks", name[:2], name)
+
+    def _clean_tmp(self) -> None:
+        """Remove the temporary files of processes that are gone (killed mid-write)."""
+        tmp = os.path.join(self.folder, "tmp")
+        for entry in os.scandir(tmp):
+            try:
+                pid = int(entry.name.split(".")[1])
+                os.kill(pid, 0)
+                continue  # still writing
+            except (IndexError, ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+    def _read(self, name: str, text: str) -> Any | None:
+        """The data of block file `name` when every check passes, else None (and the file removed)."""
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            length = os.fstat(fd).st_size
+            keyb = text.encode()
+            head_len = _HEAD.size + len(keyb) + _CRC.size
+            size = length - head_len
+            if size < 0:
+                data = None
+            else:
+                head = bytearray(head_len)
+                data = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if size >= MAPPED_MIN \
+                    else bytearray(size)
+                got = os.preadv(fd, [head, data], 0) if size else os.pread(fd, head_len, 0)
+                if not size:
+                    head, got = bytearray(got), len(got)
+                magic, dlen, dcrc, stored, klen = _HEAD.unpack_from(head)
+                (hcrc,) = _CRC.unpack_from(head, head_len - _CRC.size)
+                if (got != length or magic != MAGIC or dlen != size or klen != len(keyb)
+                        or bytes(head[_HEAD.size:_HEAD.size + klen]) != keyb
+                        or zlib.crc32(memoryview(head)[:head_len - _CRC.size]) != hcrc or zlib.crc32(data) != dcrc):
+                    data = None
+                elif self._ttl is not None and self._timer() - stored > self._ttl:
+                    self._forget(name)
+                    return None
+        except (OSError, struct.error):
+            data = None
+        finally:
+            os.close(fd)
+        if data is None:
+            self.corrupt += 1
+            log.warning("disk cache: block file %s is damaged: fetched again", self._path(name))
+            self._forget(name)
+        return data
+
+    def _forget(self, name: str) -> bool:
+        """Remove a block's file and its row; whether the file was there."""
+        self._pending.pop(name, None)
+        try:
+            os.unlink(self._path(name))
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        except OSError:
+            existed = False
+        try:
+            self._tx([("DELETE FROM blocks WHERE name = ?", (name,))])
+        except sqlite3.Error as exc:
+            log.warning("disk cache: could not update the index: %s", exc)
+        return existed
+
+    def _write(self, name: str, text: str, value: Any) -> bool:
+        keyb = text.encode()
+        data = memoryview(value)
+        head = _HEAD.pack(MAGIC, len(data), zlib.crc32(data), self._timer(), len(keyb)) + keyb
+        head += _CRC.pack(zlib.crc32(head))
+        tmp = os.path.join(self.folder, "tmp", f"{name[:16]}.{os.getpid()}.{threading.get_ident()}")
+        final = self._path(name)
+        for attempt in (1, 2):
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    parts, total = [head, data], len(head) + len(data)
+                    done = 0
+                    while done < total:
+                        n = os.writev(fd, parts)
+                        done += n
+                        while parts and n >= len(parts[0]):
+                            n -= len(parts[0])
+                            parts.pop(0)
+                        if parts and n:
+                            parts[0] = memoryview(parts[0])[n:]
+                finally:
+                    os.close(fd)
+                try:
+                    os.rename(tmp, final)
+                except FileNotFoundError:
+                    os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+                    os.rename(tmp, final)
+                return True
+            except FileNotFoundError:  # the folder was emptied by hand: make it again, once
+                if attempt == 2:
+                    raise
+                for sub in ("blocks", "tmp"):
+                    os.makedirs(os.path.join(self.folder, sub), mode=0o700, exist_ok=True)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        return False
+
+    # -- eviction -------------------------------------------------------------
+
+    def _room_needed(self, incoming: int) -> int:
+        """Bytes to evict so that `incoming` more fit within the budget and the free-space floor."""
+        (total,) = self._db.execute("SELECT v FROM meta WHERE k = 'total'").fetchone()
+        need = total + incoming - self._max
+        try:
+            fs = os.statvfs(self.folder)
+            floor = fs.f_blocks * fs.f_frsize * self._free_floor
+            need = max(need, int(floor - (fs.f_bavail * fs.f_frsize - incoming)))
+        except OSError:
+            pass
+        return need
+
+    def _evict(self, incoming: int) -> None:
+        """Make room for `incoming` bytes, least recently used first and pinned last, if no other process
+        is evicting at the moment (then it does)."""
+        if self._room_needed(incoming) <= 0:
+            return
+        try:
+            lock = os.open(os.path.join(self.folder, "evict.lock"),
+                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another process is evicting
+            self._flush()
+            need = self._room_needed(incoming)
+            while need > 0:
+                rows = self._db.execute("SELECT name, size FROM blocks ORDER BY pinned, used LIMIT 64").fetchall()
+                if not rows:
+                    break
+                for name, size in rows:
+                    self._forget(name)
+                    need -= size
+                    if need <= 0:
+                        break
+        finally:
+            os.close(lock)
+
+    def _expire(self) -> None:
+        if self._ttl is None:
+            return
+        self._flush()
+        old = self._db.execute("SELECT name FROM blocks WHERE stored < ?", (self._timer() - self._ttl,)).fetchall()
+        for (name,) in old:
+            self._forget(name)
+
+    # -- cache.Store ----------------------------------------------------------
+
+    def get(self, key: Hashable) -> Any | None:
+        text = encode_key(key)
+        name = self._name(text)
+        with self._lock:
+            data = self._read(name, text)
+            if data is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._remember_use(name, text, len(data))
+            return data
+
+    def touch(self, key: Hashable) -> None:
+        """`key` was used (from a tier above): it is now the most recently used."""
+        text = encode_key(key)
+        name = self._name(text)
+        with self._lock:
+            if name in self._pending:
+                self._remember_use(name, text, self._pending[name][1])
+            else:
+                row = self._db.execute("SELECT size FROM blocks WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    self._remember_use(name, text, row[0])
+
+    def put(self, key: Hashable, value: Any) -> None:
+        text = encode_key(key)
+        name = self._name(text)
+        size = len(value)
+        if size > self._max:
+            return
+        with self._lock:
+            try:
+                self._pending.pop(name, None)
+                self._evict(size)
+                if self._room_needed(size) > 0:
+                    return  # no room (a full disk, or everything pinned): served, not kept
+                self._write(name, text, value)
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    seq = self._next_seq(1)
+                    self._db.execute(
+                        "INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) "
+                        "DO UPDATE SET size = excluded.size, used = excluded.used, stored = excluded.stored",
+                        (name, text, size, seq, self._timer()))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except (OSError, sqlite3.Error) as exc:  # a full disk, a folder removed: the block is served anyway
+                log.warning("disk cache: could not store a block: %s", exc)
+
+    def discard(self, key: Hashable) -> bool:
+        with self._lock:
+            return self._forget(self._name(encode_key(key)))
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            self._flush()
+            self._expire()
+            return [decode_key(text) for (text,) in self._db.execute("SELECT key FROM blocks ORDER BY used")]
+
+    @property
+    def current_size(self) -> int:
+        with self._lock:
+            self._flush()
+            self._expire()
+            (total,) = self._db.execute("SELECT v FROM meta WHERE k = 'total'").fetchone()
+            return int(total)
+
+    @property
+    def max_size(self) -> int:
+        return self._max
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._flush()
+            finally:
+                self._db.close()

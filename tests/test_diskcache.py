@@ -1,0 +1,172 @@
+"""The disk cache through real mounts against nginx: a remount reads what was read before without a
+range request (counted in nginx's log), damaged and torn block files are fetched again, a kill -9
+leaves every byte right, the size limit holds, two mounts share one cache folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import BIG_SIZE, run_desfs, source_files, wait_for
+from desfs.diskcache import DiskStore
+from desfs.mounting import find_mount, lazy_unmount
+
+pytestmark = [pytest.mark.mount, pytest.mark.nginx]
+MiB = 1024 * 1024
+
+
+def range_requests(nginx, mark: int) -> list:
+    return [r for r in nginx.requests_since(mark) if r[2] not in ("", "-")]
+
+
+def read_all(root: Path, files: dict[str, str]) -> None:
+    for rel, src in files.items():
+        with open(src, "rb") as a, open(root / rel, "rb") as b:
+            assert a.read() == b.read(), rel
+
+
+def umount(m) -> None:
+    result = run_desfs("umount", str(m.path))
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "unmounted " in m.log_text())
+
+
+def block_files(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "blocks").rglob("*") if p.is_file())
+
+
+def test_a_remount_rereads_with_no_range_request(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    files = source_files(sample.cutout_dir)
+    first = mount(url, name="first")
+    read_all(first.path, files)
+    umount(first)
+    folder = tmp_path / "xdg-cache" / "desfs"  # the default: $XDG_CACHE_HOME/desfs
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    stored = block_files(folder)
+    assert len(stored) >= BIG_SIZE // MiB
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in stored + [folder / "index.sqlite"])
+
+    mark = nginx.mark()
+    second = mount(url, name="second")
+    read_all(second.path, files)
+    umount(second)
+    assert range_requests(nginx, mark) == []
+    assert any(p.endswith("/json") for _, p, *_ in nginx.requests_since(mark))  # listings: fetched again
+
+    mark = nginx.mark()  # the count above counts: without the disk cache, the same reads cost range requests
+    third = mount(url, "--no-disk-cache", name="third")
+    read_all(third.path, files)
+    assert len(range_requests(nginx, mark)) >= BIG_SIZE // MiB
+
+
+def test_a_damaged_or_torn_block_file_is_fetched_again(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    big = os.path.join(sample.cutout_dir, "big.bin")
+    first = mount(url, "--disk-cache", str(folder), name="first")
+    assert (first.path / "big.bin").read_bytes() == Path(big).read_bytes()
+    umount(first)
+    stored = [p for p in block_files(folder) if p.stat().st_size > MiB]
+    assert len(stored) >= 3
+    damaged, torn, gone = stored[:3]
+    with open(damaged, "r+b") as f:  # one bit flipped in the data
+        f.seek(damaged.stat().st_size - 1000)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    os.truncate(torn, torn.stat().st_size // 2)  # a write cut short (a crash, a full disk)
+    gone.unlink()  # emptied by hand
+
+    mark = nginx.mark()
+    second = mount(url, "--disk-cache", str(folder), name="second")
+    assert (second.path / "big.bin").read_bytes() == Path(big).read_bytes()
+    assert len(range_requests(nginx, mark)) == 3  # those three blocks, and only them
+    assert "damaged" in second.log_text()
+
+
+def test_a_kill_9_during_a_fill_leaves_every_byte_right(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    files = source_files(sample.cutout_dir)
+    first = mount(url, "--disk-cache", str(folder), "--readahead", "8M", name="first")
+    pid = int(wait_for(lambda: first.log_text().split("(pid ")[1].split(")")[0] if "(pid " in first.log_text()
+                       else None))
+    reader = threading.Thread(target=lambda: _read_quietly(first.path / "big.bin"), daemon=True)
+    reader.start()
+    wait_for(lambda: len(block_files(folder)) >= 2, seconds=20, interval=0.001)
+    os.kill(pid, signal.SIGKILL)  # in the middle of filling the cache
+    reader.join(20)
+    wait_for(lambda: _gone(pid))
+    lazy_unmount(str(first.path))
+    wait_for(lambda: not find_mount(str(first.path)))
+    first.log.write_text(first.log_text() + "\nunmounted (killed by the test)\n")  # for the fixture's check
+    (folder / "tmp" / f"{'0' * 16}.{pid}.1").write_bytes(b"half a block")  # what a kill mid-write leaves
+
+    second = mount(url, "--disk-cache", str(folder), name="second")
+    read_all(second.path, files)
+    assert not any((folder / "tmp").iterdir())  # the dead process's temporary files are gone
+
+
+def _read_quietly(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            while f.read(MiB):
+                pass
+    except OSError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_size_limit_holds(mount, nginx, sample, tmp_path):
+    folder = tmp_path / "cache"
+    m = mount(sample.url(nginx.base_url), "--disk-cache", str(folder), "--disk-cache-size", "3M", name="small")
+    assert (m.path / "big.bin").read_bytes() == Path(os.path.join(sample.cutout_dir, "big.bin")).read_bytes()
+    umount(m)
+    on_disk = sum(p.stat().st_size for p in block_files(folder))
+    assert 2 * MiB <= on_disk <= 3 * MiB + 4096  # (headers: a few hundred bytes a block)
+    assert DiskStore(str(folder), 3 * MiB).current_size <= 3 * MiB
+
+
+def test_two_mounts_share_one_cache_folder_at_once(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    files = source_files(sample.cutout_dir)
+    options = ("--disk-cache", str(folder), "--disk-cache-size", "6M", "--cache-size", "16M")
+    a, b = mount(url, *options, name="a"), mount(url, *options, name="b")
+    errors: list[BaseException] = []
+
+    def reader(root: Path) -> None:
+        try:
+            for _ in range(2):
+                read_all(root, files)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(m.path,)) for m in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    umount(a)
+    umount(b)
+    assert DiskStore(str(folder), 6 * MiB).current_size <= 6 * MiB
+    assert sum(p.stat().st_size for p in block_files(folder)) <= 6 * MiB + 16384
+
+    mark = nginx.mark()  # what is left is right
+    c = mount(url, "--disk-cache", str(folder), name="c")
+    read_all(c.path, files)
+    assert len(range_requests(nginx, mark)) < BIG_SIZE // MiB
