@@ -45,6 +45,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from desfs.cache import MAPPED_MIN, FileKey
+from desfs.listing import Entry, Listing
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,74 @@ def private_folder(path: str) -> str:
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
+
+
+LISTING_MAGIC = b"DESFSLS1"
+
+
+class ListingStore:
+    """The last listing of each folder, by URL, in `folder`/listings (one checked file each, written to a
+    temporary file and renamed), for a mount that cannot reach its server. A damaged file is no listing."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = os.path.join(private_folder(folder), "listings")
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+
+    def _path(self, url: str) -> str:
+        return os.path.join(self.folder, hashlib.sha256(url.encode()).hexdigest())
+
+    def save(self, url: str, listing: Listing) -> None:
+        body = json.dumps([[e.name, e.is_dir, e.size, e.mtime, e.link] for e in listing.values()],
+                          separators=(",", ":"), ensure_ascii=False).encode()
+        keyb = url.encode()
+        head = _HEAD.pack(LISTING_MAGIC, len(body), zlib.crc32(body), time.time(), len(keyb)) + keyb
+        head += _CRC.pack(zlib.crc32(head))
+        path = self._path(url)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    f.write(head)
+                    f.write(body)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as exc:
+            log.warning("disk cache: could not store a listing: %s", exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def load(self, url: str) -> Listing | None:
+        try:
+            fd = os.open(self._path(url), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read()
+            keyb = url.encode()
+            head_len = _HEAD.size + len(keyb) + _CRC.size
+            magic, dlen, dcrc, _stored, klen = _HEAD.unpack_from(raw)
+            (hcrc,) = _CRC.unpack_from(raw, head_len - _CRC.size)
+            body = raw[head_len:]
+            if (magic != LISTING_MAGIC or klen != len(keyb) or raw[_HEAD.size:_HEAD.size + klen] != keyb
+                    or zlib.crc32(raw[:head_len - _CRC.size]) != hcrc or len(body) != dlen
+                    or zlib.crc32(body) != dcrc):
+                raise ValueError("damaged")
+            return Listing.of(Entry(str(n), bool(d), int(s), float(m), None if ln is None else str(ln))
+                              for n, d, s, m, ln in json.loads(body))
+        except (OSError, ValueError, TypeError, struct.error) as exc:
+            log.warning("disk cache: the stored listing of a folder is unusable (%s)", exc)
+            return None
+
+    def discard(self, url: str) -> None:
+        try:
+            os.unlink(self._path(url))
+        except OSError:
+            pass
 
 
 class DiskStore:

@@ -112,6 +112,8 @@ class Settings:
     disk_cache_size: int = field(default=5 * 1024 * MiB, metadata=option(
         CACHING, parse_size, "SIZE", "disk for cached file blocks; 10%% of its file system is always left free "
         "(default: %s)"))
+    offline: bool = field(default=False, metadata=option(
+        CACHING, bool, "", "never touch the network: serve what the disk cache holds, fail the rest at once"))
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))
@@ -134,6 +136,9 @@ class Settings:
             group = parser.add_argument_group(name)
             for f in cls.options(name):
                 meta = f.metadata
+                if meta["parse"] is bool:  # a switch: off by default
+                    group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=meta["help"])
+                    continue
                 shown = meta["shown"] or (_size_text(f.default) if meta["parse"] is parse_size else f"{f.default:g}"
                                           if isinstance(f.default, float) else str(f.default))
                 group.add_argument(_flag(f.name), dest=f.name, type=meta["parse"], default=f.default,
@@ -150,7 +155,9 @@ class Settings:
         out: list[str] = []
         for f in self.options(*groups):
             value = getattr(self, f.name)
-            if value is not None:
+            if isinstance(value, bool):
+                out += [_flag(f.name)] if value else []
+            elif value is not None:
                 out += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]
         return out
 
@@ -159,7 +166,7 @@ class Settings:
     def client_options(self) -> dict:
         """Keyword arguments of client.Client for a mount."""
         return {"timeout": self.timeout, "retries": self.retries, "ca_bundle": self.ca_bundle,
-                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS}
+                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS, "offline": self.offline}
 
     @property
     def readahead_window(self) -> int:

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from desfs.cache import BlockCache, FileKey, LoadingCache
 from desfs.client import Client
-from desfs.diskcache import DiskStore
-from desfs.errors import NotFound, Stale, TooLarge
+from desfs.diskcache import DiskStore, ListingStore
+from desfs.errors import NotFound, Stale, TooLarge, Unreachable
 from desfs.listing import Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
 from desfs.settings import DEFAULTS, Settings
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
 LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
+OFFLINE_LISTING_TTL = 10.0  # seconds a stored listing served while the server is unreachable is trusted
 TRIM_AFTER_BYTES = 1 * MiB  # a listing this large read: the memory its parse and the listings it evicted
 # left free goes back to the system (else malloc keeps it, in the arena of each FUSE thread that parsed one)
 
@@ -76,6 +77,7 @@ class Caches:
                                      getsizeof=_listing_size, timer=timer,
                                      patience=settings.patience(LISTING_WAIT_BYTES))
         self.disk = _disk_store(settings)
+        self.disk_listings = ListingStore(settings.disk_cache) if self.disk is not None else None
         self.blocks = BlockCache(settings.cache_size, settings.block_size, settings.block_ttl, timer=timer,
                                  patience=settings.patience, below=self.disk)
         self.readahead_max = settings.readahead_window
@@ -163,11 +165,23 @@ class Tree:
         return listing
 
     def _load_listing(self, path: str) -> Listing:
+        stored = self.caches.disk_listings
         try:
             listing = self.client.listing(path, self.listings.max_size)
         except TooLarge as exc:  # kept as such for the TTL: never fetched again on every lookup
             log.warning("%s: refused (raise --listing-cache-size to list it)", exc)
             listing = Listing.refusal(exc.strerror)
+        except Unreachable as exc:  # offline: the last listing stored, if there is one
+            url = self.client.url(path, folder=True)
+            listing = stored.load(url) if stored is not None else None
+            if listing is None:
+                raise
+            log.info("%s: the last listing stored is served (%s)", url, exc.strerror)
+            listing.ttl = self.settings.listing_ttl if self.settings.offline else OFFLINE_LISTING_TTL
+            return listing
+        else:
+            if stored is not None:
+                stored.save(self.client.url(path, folder=True), listing)
         listing.ttl = self.listing_ttl
         return listing
 

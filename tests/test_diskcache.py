@@ -4,10 +4,12 @@ leaves every byte right, the size limit holds, two mounts share one cache folder
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,82 @@ def test_two_mounts_share_one_cache_folder_at_once(mount, nginx, sample, tmp_pat
     c = mount(url, "--disk-cache", str(folder), name="c")
     read_all(c.path, files)
     assert len(range_requests(nginx, mark)) < BIG_SIZE // MiB
+
+
+# -- offline ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_nginx(sample, tmp_path):
+    """An nginx of this test's own, which it may stop."""
+    from nginxserver import start_nginx, stop_nginx
+
+    server, proc = start_nginx(sample.root, tmp_path / "own-nginx")
+    yield server, proc
+    if proc.poll() is None:
+        stop_nginx(proc)
+
+
+def _read_errno(path: Path) -> tuple[int | None, float]:
+    started = time.monotonic()
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        return exc.errno, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
+def test_with_the_server_gone_stored_files_are_read_and_others_fail_fast(mount, own_nginx, sample, tmp_path):
+    from nginxserver import stop_nginx
+
+    server, proc = own_nginx
+    url = sample.url(server.base_url)
+    folder = tmp_path / "cache"
+    first = mount(url, "--disk-cache", str(folder), name="first")
+    summary = (first.path / "summary.json").read_bytes()
+    big = (first.path / "big.bin").read_bytes()
+    tiles = sorted(os.listdir(first.path))
+    umount(first)
+    stop_nginx(proc)  # the server is gone
+
+    second = mount(url, "--disk-cache", str(folder), "--listing-ttl", "1", name="second")  # from the stored listing
+    assert "the last listing stored is served" in second.log_text()
+    assert sorted(os.listdir(second.path)) == tiles
+    assert (second.path / "summary.json").read_bytes() == summary and (second.path / "big.bin").read_bytes() == big
+    first_try = _read_errno(second.path / "odd names" / "empty.dat")  # a folder never listed: not stored
+    assert first_try[0] in (errno.EIO, errno.ENOENT) and first_try[1] < 5
+    listed_not_read = [n for n in os.listdir(second.path) if n.endswith(".csv")]
+    assert listed_not_read
+    for name in listed_not_read:
+        code, seconds = _read_errno(second.path / name)  # listed, never read: fails at once
+        assert code == errno.EIO and seconds < 2, (name, code, seconds)
+    time.sleep(1.5)  # the listing's TTL passes: it is asked for again, and the stored one served again
+    assert sorted(os.listdir(second.path)) == tiles
+    assert (second.path / "summary.json").read_bytes() == summary
+
+
+def test_offline_never_touches_the_network(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    first = mount(url, "--disk-cache", str(folder), name="first")
+    summary = (first.path / "summary.json").read_bytes()
+    names = sorted(os.listdir(first.path))
+    umount(first)
+
+    mark = nginx.mark()
+    offline = mount(url, "--disk-cache", str(folder), "--offline", name="offline")
+    assert sorted(os.listdir(offline.path)) == names
+    assert (offline.path / "summary.json").read_bytes() == summary
+    code, seconds = _read_errno(offline.path / "big.bin")
+    assert code == errno.EIO and seconds < 1
+    code, _ = _read_errno(offline.path / "DES0226-1541" / "x")  # a folder never listed
+    assert code == errno.EIO
+    umount(offline)
+    assert nginx.requests_since(mark) == []
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "nothing").mkdir()
+    r = run_desfs("mount", url, str(empty), "--disk-cache", str(tmp_path / "nothing"), "--offline",
+                  "--log-file", str(tmp_path / "nothing.log"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "offline" in r.stderr
