@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS blocks (name TEXT PRIMARY KEY, key TEXT NOT NULL, siz
                                    used INTEGER NOT NULL, stored REAL NOT NULL, pinned INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (pinned, used);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS procs (pid INTEGER PRIMARY KEY, started REAL, hits INTEGER, misses INTEGER);
 INSERT OR IGNORE INTO meta VALUES ('total', 0), ('seq', 0);
 CREATE TRIGGER IF NOT EXISTS blocks_add AFTER INSERT ON blocks
     BEGIN UPDATE meta SET v = v + new.size WHERE k = 'total'; END;
@@ -201,6 +202,7 @@ class DiskStore:
         self._lock = threading.RLock()
         self._pending: dict[str, tuple[str, int]] = {}  # name → (key text, size): uses not yet in the index
         self._flushed = time.monotonic()
+        self._started = time.time()
         self.hits = self.misses = self.corrupt = 0
         for sub in ("blocks", "tmp"):
             os.makedirs(os.path.join(self.folder, sub), mode=0o700, exist_ok=True)
@@ -264,6 +266,8 @@ class DiskStore:
                     db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT(name) DO UPDATE SET used = excluded.used",
                                (name, text, size, seq + i, now))
+                db.execute("INSERT OR REPLACE INTO procs VALUES (?, ?, ?, ?)",
+                           (os.getpid(), self._started, self.hits, self.misses))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -529,5 +533,99 @@ class DiskStore:
         with self._lock:
             try:
                 self._flush()
+                self._db.execute("DELETE FROM procs WHERE pid = ?", (os.getpid(),))
+            except sqlite3.Error:
+                pass
             finally:
                 self._db.close()
+
+    # -- desfs cache ------------------------------------------------------------
+
+    @staticmethod
+    def _url_prefix(url: str) -> str:
+        """The start of the index's key text of every block of the file `url` (or below the folder `url`)."""
+        text = encode_key((FileKey(url, 0, 0.0), 0))
+        return text[: text.index(json.dumps(url, ensure_ascii=False)) + len(json.dumps(url, ensure_ascii=False)) - 1]
+
+    def _where_url(self, url: str) -> tuple[str, tuple]:
+        prefix = self._url_prefix(url)
+        if url.endswith("/"):  # a folder: everything below it
+            return "substr(key, 1, ?) = ?", (len(prefix), prefix)
+        return "substr(key, 1, ?) = ?", (len(prefix) + 1, prefix + '"')
+
+    def pin(self, url: str, pinned: bool = True) -> int:
+        """Keep the blocks of the file (or every file below the folder) `url` out of eviction until everything
+        else is gone; how many blocks."""
+        where, args = self._where_url(url)
+        with self._lock:
+            self._flush()
+            return self._db.execute(f"UPDATE blocks SET pinned = ? WHERE {where}", (int(pinned), *args)).rowcount
+
+    def drop(self, url: str | None = None) -> tuple[int, int]:
+        """Remove the blocks of `url` (a file, or a folder and all below it), or every block; (blocks, bytes)."""
+        with self._lock:
+            self._flush()
+            if url is None:
+                rows = self._db.execute("SELECT name, size FROM blocks").fetchall()
+            else:
+                where, args = self._where_url(url)
+                rows = self._db.execute(f"SELECT name, size FROM blocks WHERE {where}", args).fetchall()
+            for name, _size in rows:
+                self._forget(name)
+            return len(rows), sum(size for _, size in rows)
+
+    def status(self) -> dict:
+        """What the cache holds: bytes, blocks, files, jobs, pinned; and the disk hits of each process using it."""
+        with self._lock:
+            self._flush()
+            db = self._db
+            (total,) = db.execute("SELECT v FROM meta WHERE k = 'total'").fetchone()
+            blocks, pinned = db.execute("SELECT count(*), coalesce(sum(pinned * size), 0) FROM blocks").fetchone()
+            urls = set()
+            for (text,) in db.execute("SELECT key FROM blocks"):
+                try:
+                    key = decode_key(text)
+                except ValueError:
+                    continue
+                if isinstance(key, tuple) and key and isinstance(key[0], FileKey):
+                    urls.add(key[0].url)
+            procs = db.execute("SELECT pid, started, hits, misses FROM procs").fetchall()
+        jobs = {m.group(0) for m in (_JOB.search(u) for u in urls) if m}
+        live = []
+        for pid, started, hits, misses in procs:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            live.append({"pid": pid, "started": started, "hits": hits, "misses": misses})
+        return {"folder": self.folder, "bytes": int(total), "max_bytes": self._max, "blocks": blocks,
+                "files": len(urls), "jobs": len(jobs), "pinned_bytes": int(pinned), "processes": live}
+
+
+_JOB = __import__("re").compile(r"/[a-z]+/[0-9a-f]{32}/")  # <type>/<job_id>/ in a file's URL
+
+
+def record_mount(folder: str, mountpoint: str, base_url: str) -> None:
+    """Note in the cache folder which URL a mount point shows (for `desfs cache` given paths in a mount)."""
+    path = os.path.join(private_folder(folder), "mounts")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    name = os.path.join(path, hashlib.sha256(mountpoint.encode()).hexdigest())
+    tmp = f"{name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"mountpoint": mountpoint, "url": base_url}, f)
+    os.rename(tmp, name)
+
+
+def mounted_url(folder: str, mountpoint: str) -> str | None:
+    """The URL a mount point shows, as its mount noted it (None: not known)."""
+    name = os.path.join(folder, "mounts", hashlib.sha256(mountpoint.encode()).hexdigest())
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            data = json.load(f)
+        return data["url"] if data.get("mountpoint") == mountpoint else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

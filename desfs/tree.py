@@ -275,6 +275,17 @@ class Tree:
         elif isinstance(exc, NotFound):
             self.forget(path)
 
+    def store_file(self, path: str, entry: Entry, done=lambda nbytes: None) -> None:
+        """Bring every block of version `entry` of a file into the caches (down to the disk tier), a few at
+        a time; `done(n)` after each n bytes (desfs cache fetch)."""
+        path = normalize(path)
+        key, fetcher, bs = self._file_key(path, entry), self._fetcher(path, entry), self.blocks.block_size
+        count = -(-entry.size // bs)
+        for first in range(0, count, 8):
+            last = min(count, first + 8)
+            self.blocks.fetch_run(key, entry.size, first, last, fetcher)
+            done(min(entry.size, last * bs) - first * bs)
+
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
 

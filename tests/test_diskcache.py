@@ -287,3 +287,56 @@ def test_a_mount_starts_fast_with_100000_blocks_in_its_cache(mount, nginx, sampl
     took = time.monotonic() - started
     assert (m.path / "summary.json").read_bytes() == Path(sample.cutout_dir, "summary.json").read_bytes()
     assert took < 5, took  # (the whole `desfs mount`: a Python start, the first listing, FUSE's INIT)
+
+
+# -- desfs cache --------------------------------------------------------------
+
+
+def _tree_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_cache_fetch_pin_survives_eviction_pressure_and_clear_removes(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    options = ("--disk-cache", str(folder), "--disk-cache-size", "3M")
+    m = mount(url, *options, name="m")
+    tile = m.path / "DES0226-1541"
+    r = run_desfs("cache", "fetch", "--pin", "--disk-cache", str(folder), str(tile))
+    assert r.returncode == 0, r.stderr
+    assert "files" in r.stderr and "pinned" in r.stderr
+    pinned = _tree_files(tile)
+    assert len(pinned) >= 10
+    expected = {p: Path(sample.cutout_dir, p.relative_to(m.path)).read_bytes() for p in pinned}
+
+    assert (m.path / "big.bin").read_bytes() == Path(sample.cutout_dir, "big.bin").read_bytes()  # 12 MiB through 3M
+    r = run_desfs("cache", "status", "--disk-cache", str(folder))
+    assert r.returncode == 0 and "pinned" in r.stdout and "1 jobs" in r.stdout, r.stdout
+    umount(m)
+
+    mark = nginx.mark()
+    again = mount(url, *options, name="again")
+    for p in pinned:
+        assert (again.path / p.relative_to(m.path)).read_bytes() == expected[p]
+    assert range_requests(nginx, mark) == []  # pinned: never evicted by big.bin
+
+    r = run_desfs("cache", "clear", "--disk-cache", str(folder), str(again.path / "DES0226-1541"))
+    assert r.returncode == 0 and r.stdout.startswith("removed "), r.stdout + r.stderr
+    assert int(r.stdout.split()[1]) >= len(pinned)
+    umount(again)
+    mark = nginx.mark()
+    third = mount(url, *options, name="third")
+    first = pinned[0]
+    assert (third.path / first.relative_to(m.path)).read_bytes() == expected[first]
+    assert len(range_requests(nginx, mark)) == 1  # cleared: fetched again
+
+
+def test_cache_fetch_of_a_source_warms_a_later_mount(mount, nginx, sample, tmp_path):
+    url = sample.url(nginx.base_url)
+    folder = tmp_path / "cache"
+    r = run_desfs("cache", "fetch", "-q", "--disk-cache", str(folder), url + "big.bin")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    mark = nginx.mark()
+    m = mount(url, "--disk-cache", str(folder))
+    assert (m.path / "big.bin").read_bytes() == Path(sample.cutout_dir, "big.bin").read_bytes()
+    assert range_requests(nginx, mark) == []

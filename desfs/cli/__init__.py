@@ -6,6 +6,7 @@
     mount    `desfs mount` (SOURCE, background start, the pipe to the daemon) and `desfs umount`
     demo     `desfs demo`
     get      `desfs get` and `desfs ls`
+    cache    `desfs cache status|clear|fetch`
 
 Each imports only modules listed above it. Expected failures are one line on
 stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure, 2 usage
@@ -18,6 +19,7 @@ import argparse
 import sys
 
 from desfs import __version__
+from desfs.cli.cache import cmd_cache
 from desfs.cli.common import DEFAULT_LOG, UsageError, log, printable, setup_logging
 from desfs.cli.demo import cmd_demo
 from desfs.cli.get import cmd_get, cmd_ls
@@ -26,7 +28,7 @@ from desfs.cli.mount import MOUNT_GROUPS, cmd_mount, cmd_umount
 from desfs.credentials import NoCredentials
 from desfs.errors import redact
 from desfs.mounting import MountError
-from desfs.settings import LISTINGS, NETWORK, Settings, positive_float
+from desfs.settings import LISTINGS, NETWORK, Settings, parse_size, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_options(j, NETWORK)
     add_account_options(j)
 
+    c = sub.add_parser("cache", help="the disk cache: status, clear, fetch (and pin)", description=(
+        "The disk cache that mounts keep across unmounts (--disk-cache, default $XDG_CACHE_HOME/desfs, else "
+        "~/.cache/desfs). PATHs are paths in a desfs mount, or SOURCEs as for desfs get."))
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    for name, text in (("status", "size, files, jobs, pinned, and the disk hits of each mount using it"),
+                       ("clear", "remove the stored blocks of PATHs (all, and the stored listings, without PATH)"),
+                       ("fetch", "store whole files or trees now, with progress; --pin keeps them out of eviction")):
+        a = csub.add_parser(name, help=text, description=text)
+        a.add_argument("--disk-cache", metavar="DIR", help="the cache folder (default: $XDG_CACHE_HOME/desfs)")
+        a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
+        if name == "clear":
+            a.add_argument("paths", metavar="PATH", nargs="*")
+        if name == "fetch":
+            a.add_argument("paths", metavar="PATH", nargs="+")
+            a.add_argument("--pin", action="store_true", help="keep them out of eviction (pinned go last)")
+            a.add_argument("-q", "--quiet", action="store_true", help="no progress")
+            a.add_argument("--disk-cache-size", type=parse_size, metavar="SIZE", default=Settings.disk_cache_size,
+                           help="the cache's budget (default: 5G), as the mounts' --disk-cache-size")
+            Settings.add_options(a, NETWORK, LISTINGS)
+            add_account_options(a)
+
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
         "Start a local file server that answers like the DES file server, over a generated sample "
         "cutout job and query job, and mount the cutout job. Ctrl-C unmounts and stops."))
@@ -127,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
-            "jobs": cmd_jobs}
+            "jobs": cmd_jobs, "cache": cmd_cache}

@@ -64,6 +64,7 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
             tree.list_dir("/")
         except OSError as exc:
             raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
+        _record(settings, url)
         return tree, url
 
     def account_tree(settings: Settings):
@@ -77,7 +78,17 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
         except OSError as exc:
             raise MountError(f"cannot list the jobs of {api.username}: {exc.strerror}") from exc
         log.info("%d jobs of %s", len(jobs), api.username)
+        _record(settings, f"{files_url}{api.username}/")
         return tree, f"{api.username}@{files_url}"
+
+    def _record(settings: Settings, base_url: str) -> None:
+        if settings.disk_cache:  # so that `desfs cache` knows the URL of a path in this mount
+            from desfs.diskcache import record_mount
+
+            try:
+                record_mount(settings.disk_cache, os.path.realpath(args.mountpoint), base_url)
+            except OSError as exc:
+                log.warning("disk cache: could not note the mount: %s", exc)
 
     return account_tree if url is None else job_tree
 
