@@ -13,6 +13,7 @@ readlink), so the FUSE adapter serves either; knows no FUSE and no HTTP.
 from __future__ import annotations
 
 import errno
+import dataclasses
 import logging
 import threading
 import time
@@ -132,6 +133,9 @@ class AccountTree:
         for key in set(self._known or {}) - set(jobs):
             self._drop(key)
         self._known, self._known_at = jobs, self._timer()
+        stored, api_url = self.caches.disk_listings, getattr(self.api, "api_url", None)
+        if stored is not None and api_url:  # for a mount that starts while the API cannot be reached
+            stored.save_jobs(api_url, self.api.username, [dataclasses.asdict(j) for j in jobs.values()])
         return jobs
 
     def _drop(self, key: tuple[str, str]) -> None:

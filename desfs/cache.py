@@ -470,6 +470,8 @@ class BlockCache:
             store = TieredStore(MemoryStore(max_bytes - spare, ttl, getsizeof=len, timer=timer,
                                             on_drop=self.spares.give), below)
         self.below = below
+        if below is not None and hasattr(below, "alloc"):  # blocks read from below go in reused memory too
+            below.alloc = self.spares.take
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
                                    store=store)
 

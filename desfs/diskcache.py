@@ -137,12 +137,35 @@ class ListingStore:
         return os.path.join(self.folder, hashlib.sha256(url.encode()).hexdigest())
 
     def save(self, url: str, listing: Listing) -> None:
-        body = json.dumps([[e.name, e.is_dir, e.size, e.mtime, e.link] for e in listing.values()],
-                          separators=(",", ":"), ensure_ascii=False).encode()
-        keyb = url.encode()
+        self._save(url, [[e.name, e.is_dir, e.size, e.mtime, e.link] for e in listing.values()])
+
+    def load(self, url: str) -> Listing | None:
+        rows = self._load(url)
+        try:
+            return None if rows is None else Listing.of(
+                Entry(str(n), bool(d), int(s), float(m), None if ln is None else str(ln)) for n, d, s, m, ln in rows)
+        except (ValueError, TypeError) as exc:
+            log.warning("disk cache: the stored listing of a folder is unusable (%s)", exc)
+            return None
+
+    def save_jobs(self, api_url: str, username: str, jobs: list[dict]) -> None:
+        """An account's last job list (what the API said of each job; never a token or a password)."""
+        self._save(f"jobs {api_url.rstrip('/')} {username.lower()}", {"username": username, "jobs": jobs,
+                                                                     "time": time.time()})
+
+    def load_jobs(self, api_url: str, username: str) -> dict | None:
+        """{"username", "jobs", "time"} as save_jobs stored it, or None."""
+        data = self._load(f"jobs {api_url.rstrip('/')} {username.lower()}")
+        if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+            return None
+        return data
+
+    def _save(self, key: str, value: Any) -> None:
+        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        keyb = key.encode()
         head = _HEAD.pack(LISTING_MAGIC, len(body), zlib.crc32(body), time.time(), len(keyb)) + keyb
         head += _CRC.pack(zlib.crc32(head))
-        path = self._path(url)
+        path = self._path(key)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -160,15 +183,15 @@ class ListingStore:
             except OSError:
                 pass
 
-    def load(self, url: str) -> Listing | None:
+    def _load(self, key: str) -> Any:
         try:
-            fd = os.open(self._path(url), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:
             with os.fdopen(fd, "rb") as f:
                 raw = f.read()
-            keyb = url.encode()
+            keyb = key.encode()
             head_len = _HEAD.size + len(keyb) + _CRC.size
             magic, dlen, dcrc, _stored, klen = _HEAD.unpack_from(raw)
             (hcrc,) = _CRC.unpack_from(raw, head_len - _CRC.size)
@@ -177,10 +200,9 @@ class ListingStore:
                     or zlib.crc32(raw[:head_len - _CRC.size]) != hcrc or len(body) != dlen
                     or zlib.crc32(body) != dcrc):
                 raise ValueError("damaged")
-            return Listing.of(Entry(str(n), bool(d), int(s), float(m), None if ln is None else str(ln))
-                              for n, d, s, m, ln in json.loads(body))
+            return json.loads(body)
         except (OSError, ValueError, TypeError, struct.error) as exc:
-            log.warning("disk cache: the stored listing of a folder is unusable (%s)", exc)
+            log.warning("disk cache: a stored listing is unusable (%s)", exc)
             return None
 
     def discard(self, url: str) -> None:
@@ -203,6 +225,7 @@ class DiskStore:
         self._pending: dict[str, tuple[str, int]] = {}  # name → (key text, size): uses not yet in the index
         self._flushed = time.monotonic()
         self._started = time.time()
+        self.alloc: Callable[[int], Any] = _new_buffer  # memory for a block read (BlockCache hands its spares)
         self.hits = self.misses = self.corrupt = 0
         for sub in ("blocks", "tmp"):
             os.makedirs(os.path.join(self.folder, sub), mode=0o700, exist_ok=True)
@@ -321,8 +344,7 @@ class DiskStore:
                 data = None
             else:
                 head = bytearray(head_len)
-                data = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if size >= MAPPED_MIN \
-                    else bytearray(size)
+                data = self.alloc(size)
                 got = os.preadv(fd, [head, data], 0) if size else os.pread(fd, head_len, 0)
                 if not size:
                     head, got = bytearray(got), len(got)
@@ -602,6 +624,10 @@ class DiskStore:
             live.append({"pid": pid, "started": started, "hits": hits, "misses": misses})
         return {"folder": self.folder, "bytes": int(total), "max_bytes": self._max, "blocks": blocks,
                 "files": len(urls), "jobs": len(jobs), "pinned_bytes": int(pinned), "processes": live}
+
+
+def _new_buffer(n: int) -> Any:
+    return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if n >= MAPPED_MIN else bytearray(n)
 
 
 _JOB = __import__("re").compile(r"/[a-z]+/[0-9a-f]{32}/")  # <type>/<job_id>/ in a file's URL

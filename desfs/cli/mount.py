@@ -70,7 +70,7 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
     def account_tree(settings: Settings):
         from desfs.account import AccountTree
 
-        api = sign_in(args)
+        api = _signed_in_or_stored(settings)
         _, files_url, _ = site_urls(args)
         tree = AccountTree(api, files_url, settings)
         try:
@@ -80,6 +80,35 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
         log.info("%d jobs of %s", len(jobs), api.username)
         _record(settings, f"{files_url}{api.username}/")
         return tree, f"{api.username}@{files_url}"
+
+    def _signed_in_or_stored(settings: Settings):
+        """The signed-in API; or, when it cannot be reached (or --offline), the job list the disk cache
+        kept of this account (with a warning), which then stays as it is."""
+        import errno as errnos
+
+        from desfs.account import FixedJobs
+        from desfs.api import Job
+        from desfs.errors import DesfsError
+
+        problem = "--offline"
+        if not settings.offline:
+            try:
+                return sign_in(args)
+            except DesfsError as exc:
+                if exc.errno == errnos.EACCES or not settings.disk_cache:
+                    raise
+                problem = str(exc)
+        from desfs.diskcache import ListingStore
+
+        api_url = site_urls(args)[0]
+        user = credentials(args).username
+        stored = ListingStore(settings.disk_cache).load_jobs(api_url, user) if settings.disk_cache else None
+        if stored is None:
+            raise MountError(f"{problem}: and no job list of {user} is stored in the disk cache")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(stored.get("time", 0)))
+        log.warning("DESaccess API not reached (%s): mounting the job list of %s stored %s, which stays as it "
+                    "is until the next mount", problem, stored["username"], when)
+        return FixedJobs(stored["username"], [Job(**j) for j in stored["jobs"]])
 
     def _record(settings: Settings, base_url: str) -> None:
         if settings.disk_cache:  # so that `desfs cache` knows the URL of a path in this mount
