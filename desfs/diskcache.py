@@ -596,6 +596,22 @@ class DiskStore:
                 self._forget(name)
             return len(rows), sum(size for _, size in rows)
 
+    def urls_below(self, folder_url: str) -> set[str]:
+        """The URLs of the files with blocks stored below `folder_url`."""
+        where, args = self._where_url(folder_url.rstrip("/") + "/")
+        with self._lock:
+            self._flush()
+            rows = self._db.execute(f"SELECT DISTINCT key FROM blocks WHERE {where}", args).fetchall()
+        urls = set()
+        for (text,) in rows:
+            try:
+                key = decode_key(text)
+            except ValueError:
+                continue
+            if isinstance(key, tuple) and key and isinstance(key[0], FileKey):
+                urls.add(key[0].url)
+        return urls
+
     def status(self) -> dict:
         """What the cache holds: bytes, blocks, files, jobs, pinned; and the disk hits of each process using it."""
         with self._lock:

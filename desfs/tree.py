@@ -320,8 +320,12 @@ class Tree:
         path = normalize(path)
         key = self._key(path)
         prefix = key.rstrip("/") + "/"
-        below = lambda k: k == key or k.startswith(prefix)  # noqa: E731
+        dropped: list[str] = []
+        below = lambda k: (k == key or k.startswith(prefix)) and not dropped.append(k)  # noqa: E731
         listings = self.listings.discard_where(below)
+        if self.caches.disk_listings is not None:  # and the stored ones, never served offline again
+            for k in dropped:
+                self.caches.disk_listings.discard(self.client.url(k[len(self.prefix):] or "/", folder=True))
         url, folder_url = self.client.url(path), self.client.url(path, folder=True)
         blocks = self.blocks.discard_file(lambda file: file.url == url or file.url.startswith(folder_url))
         if listings or blocks:
