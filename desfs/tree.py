@@ -89,6 +89,7 @@ class Caches:
             self.prefetcher.close()
         self.listers.shutdown(wait=False, cancel_futures=True)
         if self.disk is not None:
+            self.blocks.close()  # the blocks still being written to disk are written
             self.disk.close()
 
 

@@ -88,7 +88,8 @@ def test_a_damaged_or_torn_block_file_is_fetched_again(mount, nginx, sample, tmp
     mark = nginx.mark()
     second = mount(url, "--disk-cache", str(folder), name="second")
     assert (second.path / "big.bin").read_bytes() == Path(big).read_bytes()
-    assert len(range_requests(nginx, mark)) == 3  # those three blocks, and only them
+    asked = range_requests(nginx, mark)  # those three blocks, and only them (two neighbours: one request)
+    assert 1 <= len(asked) <= 3 and sum(r[4] for r in asked) == 3 * MiB, asked
     assert "damaged" in second.log_text()
 
 
@@ -112,7 +113,7 @@ def test_a_kill_9_during_a_fill_leaves_every_byte_right(mount, nginx, sample, tm
 
     second = mount(url, "--disk-cache", str(folder), name="second")
     read_all(second.path, files)
-    assert not any((folder / "tmp").iterdir())  # the dead process's temporary files are gone
+    assert not [p for p in (folder / "tmp").iterdir() if f".{pid}." in p.name]  # the dead process's are gone
 
 
 def _read_quietly(path: Path) -> None:

@@ -112,6 +112,7 @@ def _fetch(args: argparse.Namespace) -> int:
                     print(printable(f"desfs cache fetch: {file_path}: {exc}"), file=sys.stderr)
                 progress.file_done()
             progress.end()
+            tree.blocks.flush()  # on disk, all of it
             if args.pin:
                 pinned = tree.caches.disk.pin(url if not entry.is_dir else url.rstrip("/") + "/")
                 if not args.quiet:
