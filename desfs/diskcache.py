@@ -415,6 +415,7 @@ class DiskStore:
             except FileNotFoundError:  # the folder was emptied by hand: make it again, once
                 if attempt == 2:
                     raise
+                private_folder(self.folder)
                 for sub in ("blocks", "tmp"):
                     os.makedirs(os.path.join(self.folder, sub), mode=0o700, exist_ok=True)
             except BaseException:

@@ -341,3 +341,35 @@ def test_cache_fetch_of_a_source_warms_a_later_mount(mount, nginx, sample, tmp_p
     m = mount(url, "--disk-cache", str(folder))
     assert (m.path / "big.bin").read_bytes() == Path(sample.cutout_dir, "big.bin").read_bytes()
     assert range_requests(nginx, mark) == []
+
+
+def test_a_cache_folder_removed_by_hand_while_mounted(mount, nginx, sample, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cache"
+    m = mount(sample.url(nginx.base_url), "--disk-cache", str(folder), "--cache-size", "4M")
+    big = Path(sample.cutout_dir, "big.bin").read_bytes()
+    assert (m.path / "big.bin").read_bytes() == big
+    wait_for(lambda: len(block_files(folder)) >= BIG_SIZE // MiB)
+    shutil.rmtree(folder)  # rm -rf ~/.cache/desfs
+    with open(m.path / "big.bin", "rb") as f:  # (not from the kernel's copy)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read() == big
+    wait_for(lambda: block_files(folder) if folder.exists() else None)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # made again, private
+    assert "Traceback" not in m.log_text()
+
+
+def test_the_free_space_floor_is_kept(tmp_path):
+    """Whatever the budget, a put that would leave less than the floor free evicts first, or keeps nothing."""
+    from desfs.cache import FileKey
+
+    key = lambda i: (FileKey("http://h/f", 10 * MiB, 1.0), i)  # noqa: E731
+    roomy = DiskStore(str(tmp_path / "c"), 1 << 40, free_floor=0.0)
+    for i in range(3):
+        roomy.put(key(i), b"x" * 1000)
+    assert roomy.current_size == 3000
+    roomy.close()
+    full = DiskStore(str(tmp_path / "c"), 1 << 40, free_floor=1.0)  # a disk that is always "full"
+    full.put(key(3), b"y" * 1000)
+    assert full.get(key(3)) is None and full.current_size == 0 and block_files(tmp_path / "c") == []
