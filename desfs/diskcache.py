@@ -30,6 +30,7 @@ strings and numbers; nothing else is ever written (no credentials, no tokens).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -222,7 +223,8 @@ class DiskStore:
         self._max = max_size
         self._ttl, self._timer, self._free_floor = ttl, timer, free_floor
         self._lock = threading.RLock()
-        self._pending: dict[str, tuple[str, int]] = {}  # name → (key text, size): uses not yet in the index
+        self._pending: dict[str, tuple[str, int | None]] = {}  # name → (key text, size or None): uses not yet
+        # in the index
         self._flushed = time.monotonic()
         self._started = time.time()
         self.alloc: Callable[[int], Any] = _new_buffer  # memory for a block read (BlockCache hands its spares)
@@ -286,6 +288,9 @@ class DiskStore:
                 seq = self._next_seq(len(pending))
                 now = self._timer()
                 for i, (name, (text, size)) in enumerate(pending.items()):
+                    if size is None:  # a use told by the tier above: only a block the index knows
+                        db.execute("UPDATE blocks SET used = ? WHERE name = ?", (seq + i, name))
+                        continue
                     db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT(name) DO UPDATE SET used = excluded.used",
                                (name, text, size, seq + i, now))
@@ -298,7 +303,7 @@ class DiskStore:
         except sqlite3.Error as exc:
             log.warning("disk cache: could not record block uses: %s", exc)
 
-    def _remember_use(self, name: str, text: str, size: int) -> None:
+    def _remember_use(self, name: str, text: str, size: int | None) -> None:
         self._pending.pop(name, None)  # (re-inserted last: the most recent use)
         self._pending[name] = (text, size)
         if len(self._pending) >= FLUSH_EVERY or time.monotonic() - self._flushed > FLUSH_SECONDS:
@@ -480,8 +485,7 @@ class DiskStore:
     # -- cache.Store ----------------------------------------------------------
 
     def get(self, key: Hashable) -> Any | None:
-        text = encode_key(key)
-        name = self._name(text)
+        text, name = _text_and_name(key)
         with self._lock:
             data = self._read(name, text)
             if data is None:
@@ -492,20 +496,13 @@ class DiskStore:
             return data
 
     def touch(self, key: Hashable) -> None:
-        """`key` was used (from a tier above): it is now the most recently used."""
-        text = encode_key(key)
-        name = self._name(text)
+        """`key` was used (from a tier above): it is now the most recently used (no disk read, no query)."""
+        text, name = _text_and_name(key)
         with self._lock:
-            if name in self._pending:
-                self._remember_use(name, text, self._pending[name][1])
-            else:
-                row = self._db.execute("SELECT size FROM blocks WHERE name = ?", (name,)).fetchone()
-                if row is not None:
-                    self._remember_use(name, text, row[0])
+            self._remember_use(name, text, self._pending[name][1] if name in self._pending else None)
 
     def put(self, key: Hashable, value: Any) -> None:
-        text = encode_key(key)
-        name = self._name(text)
+        text, name = _text_and_name(key)
         size = len(value)
         if size > self._max:
             return
@@ -641,6 +638,13 @@ class DiskStore:
             live.append({"pid": pid, "started": started, "hits": hits, "misses": misses})
         return {"folder": self.folder, "bytes": int(total), "max_bytes": self._max, "blocks": blocks,
                 "files": len(urls), "jobs": len(jobs), "pinned_bytes": int(pinned), "processes": live}
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_and_name(key: Hashable) -> tuple[str, str]:
+    """A key's text and its block file's name (the SHA-256 of the text), remembered for the keys in use."""
+    text = encode_key(key)
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 def _new_buffer(n: int) -> Any:
