@@ -12,12 +12,14 @@ readlink), so the FUSE adapter serves either; knows no FUSE and no HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from desfs.api import Api, Job
 from desfs.cache import LoadingCache
@@ -131,7 +133,12 @@ class AccountTree:
             jobs[(job.job_type, job.job_id)] = job
         for key in set(self._known or {}) - set(jobs):
             self._drop(key)
+        if self._known is None and self.caches.disk is not None:  # what earlier mounts stored of gone jobs
+            threading.Thread(target=self._drop_stored, args=(set(jobs),), name="desfs-purge", daemon=True).start()
         self._known, self._known_at = jobs, self._timer()
+        stored, api_url = self.caches.disk_listings, getattr(self.api, "api_url", None)
+        if stored is not None and api_url:  # for a mount that starts while the API cannot be reached
+            stored.save_jobs(api_url, self.api.username, [dataclasses.asdict(j) for j in jobs.values()])
         return jobs
 
     def _drop(self, key: tuple[str, str]) -> None:
@@ -142,6 +149,21 @@ class AccountTree:
         self._sidecars.discard(_sidecar_key(key))
         if tree:
             tree.forget("/")
+
+    def _drop_stored(self, jobs: set[tuple[str, str]]) -> None:
+        """Remove from the disk cache the blocks of this account's jobs that the API no longer lists."""
+        base = f"{self.files_url}{self.api.username}/"
+        try:
+            gone = set()
+            for url in self.caches.disk.urls_below(base):
+                parts = url[len(base):].split("/")
+                if len(parts) >= 3 and (unquote(parts[0]), unquote(parts[1])) not in jobs:
+                    gone.add(f"{base}{parts[0]}/{parts[1]}/")
+            for folder in gone:
+                blocks, nbytes = self.caches.disk.drop(folder)
+                log.info("disk cache: %d blocks (%d bytes) of a job gone dropped", blocks, nbytes)
+        except Exception as exc:  # noqa: BLE001 (a purge that fails leaves the blocks to eviction)
+            log.warning("disk cache: dropping the blocks of gone jobs failed: %s", exc)
 
     # -- routing ------------------------------------------------------------
 

@@ -6,9 +6,10 @@ ranges), so every test of this module runs without a server. Readers get views
 of the cached blocks, so a byte is copied once on its way to the kernel.
 
 The seam for another tier: a LoadingCache (single-flight loads, bounded waits)
-keeps its values in a `Store` (get / put / discard per key); `MemoryStore` is the
-one there is. A BlockCache's keys are (FileKey, block index), and every block
-comes in through `BlockCache._fill`, for a reader and for readahead alike.
+keeps its values in a `Store` (get / put / discard per key): `MemoryStore`, and
+`TieredStore` of a memory store in front of another (diskcache.DiskStore). A
+BlockCache's keys are (FileKey, block index), and every block comes in through
+`BlockCache._fill`, for a reader and for readahead alike.
 
 Internals of others relied on here: CPython's reference counts (`sys.getrefcount`) tell
 Spares that nobody holds a block's memory any more (guarded by
@@ -147,6 +148,116 @@ class MemoryStore:
     @property
     def max_size(self) -> int:
         return int(self._data.maxsize)
+
+
+class TieredStore:
+    """Two stores as one: `upper` (memory) in front of `lower` (a disk tier). A value is put in both; a miss
+    in `upper` that `lower` has is promoted into `upper`. A use served by `upper` is told to `lower`
+    (its `touch`, when it has one), so that `lower`'s least recently used is really that. Its size and
+    budget are `lower`'s (everything kept is there).
+
+    `write_behind`: values go to `lower` from a thread of its own, so that a reader never waits for a
+    disk write (at most `queue_bytes` wait to be written, served from the queue meanwhile; beyond that a
+    put waits for room). `flush` waits until every value put is in `lower`; `close` flushes."""
+
+    def __init__(self, upper: Store, lower: Store, write_behind: bool = False, queue_bytes: int = 32 << 20) -> None:
+        self.upper, self.lower = upper, lower
+        self._touch = getattr(lower, "touch", None)
+        self._write_behind, self._queue_max = write_behind, queue_bytes
+        self._queue: dict[Hashable, Any] = {}  # values being written to `lower`, oldest first
+        self._queued = 0
+        self._writing: Hashable | None = None
+        self._cv = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def get(self, key: Hashable) -> Any | None:
+        value = self.upper.get(key)
+        if value is not None:
+            if self._touch is not None:
+                self._touch(key)
+            return value
+        value = self._queue.get(key) if self._write_behind else None
+        if value is None:
+            value = self.lower.get(key)
+        if value is not None:
+            self.upper.put(key, value)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self.upper.put(key, value)
+        if not self._write_behind:
+            self.lower.put(key, value)
+            return
+        if len(value) > self.lower.max_size:  # never kept below: not queued either
+            return
+        with self._cv:
+            if self._closed:
+                return
+            while self._queued + len(value) > self._queue_max and self._queue:
+                self._cv.wait(1.0)
+            old = self._queue.pop(key, None)
+            self._queued += len(value) - (len(old) if old is not None else 0)
+            self._queue[key] = value
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="desfs-disk-writer", daemon=True)
+                self._writer.start()
+            self._cv.notify_all()
+
+    def _write(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue:
+                    if self._closed:
+                        return
+                    self._cv.wait()
+                key, value = next(iter(self._queue.items()))
+                self._writing = key
+            try:
+                self.lower.put(key, value)
+            except Exception:  # noqa: BLE001 (a store that fails keeps nothing: the value is served from above)
+                pass
+            with self._cv:
+                if self._queue.get(key) is value:
+                    del self._queue[key]
+                    self._queued -= len(value)
+                self._writing = None
+                self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every value put so far is in `lower`."""
+        with self._cv:
+            while self._queue and self._writer is not None and self._writer.is_alive():
+                self._cv.wait(1.0)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def discard(self, key: Hashable) -> bool:
+        with self._cv:
+            queued = self._queue.pop(key, None)
+            if queued is not None:
+                self._queued -= len(queued)
+        if self._writing == key:
+            self.flush()
+        upper = self.upper.discard(key)
+        return self.lower.discard(key) or upper or queued is not None
+
+    def keys(self) -> list[Hashable]:
+        self.flush()
+        return list(dict.fromkeys(self.lower.keys() + self.upper.keys()))
+
+    @property
+    def current_size(self) -> int:
+        self.flush()
+        return self.lower.current_size
+
+    @property
+    def max_size(self) -> int:
+        return self.lower.max_size
 
 
 class _Flight:
@@ -415,16 +526,24 @@ class BlockCache:
     SPARES_MAX = 8 * 1024 * 1024
 
     def __init__(self, max_bytes: int, block_size: int, ttl: float, timer: Callable[[], float] = time.monotonic,
-                 patience: Callable[[int], float] | None = None, store: Store | None = None):
+                 patience: Callable[[int], float] | None = None, store: Store | None = None,
+                 below: Store | None = None):
         """`patience(n)`: seconds a load of n bytes may take before threads waiting for it give up.
         Blocks are kept in `store` (keys: (file key, block index); values: the blocks' buffers), else
-        in memory (a MemoryStore of `max_bytes` less the spares, `ttl`)."""
+        in memory (a MemoryStore of `max_bytes` less the spares, `ttl`), in front of the store `below`
+        when there is one (a TieredStore: a disk tier)."""
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
         self._patience = patience or (lambda nbytes: None)
         spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
         self.spares = Spares(spare)
+        if store is None and below is not None:
+            store = TieredStore(MemoryStore(max_bytes - spare, ttl, getsizeof=len, timer=timer,
+                                            on_drop=self.spares.give), below, write_behind=True)
+        self.below = below
+        if below is not None and hasattr(below, "alloc"):  # blocks read from below go in reused memory too
+            below.alloc = self.spares.take
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
                                    store=store)
 
@@ -501,6 +620,18 @@ class BlockCache:
                             self.blocks.discard((key, i))
                 raise
         return filled
+
+    def flush(self) -> None:
+        """Wait until the store has written what it was given (a disk tier's queue)."""
+        flush = getattr(self.blocks._store, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        """Let the store finish what it is writing (a disk tier's queue)."""
+        close = getattr(self.blocks._store, "close", None)
+        if close is not None:
+            close()
 
     def discard_file(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop the blocks of every file whose key satisfies `predicate`."""

@@ -38,7 +38,8 @@ import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 from desfs import __version__
-from desfs.errors import AccessDenied, DesfsError, NotFound, ServerError, Stale, Timeout, TooLarge, redact
+from desfs.errors import (AccessDenied, DesfsError, NotFound, ServerError, Stale, Timeout, TooLarge, Unreachable,
+                          redact)
 from desfs.listing import Entry, Listing, ListingParser
 from desfs.settings import MIN_RATE, RETRY_AFTER_MAX, allowance
 from desfs.stats import COUNTERS
@@ -48,13 +49,17 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 LISTING_MAX_BYTES = 64 * 1024 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+DOWN_SECONDS = 10.0  # after a host could not be reached, requests to it get one try, no retries, for this long
+
+_down_until: dict[str, float] = {}  # host → until when it is taken as unreachable (every client of the process)
 
 class _Retryable(Exception):
     """A failure worth another try: connection lost, body cut short, 5xx/429."""
 
-    def __init__(self, message: str, delay: float | None = None) -> None:
+    def __init__(self, message: str, delay: float | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.delay = delay
+        self.unreachable = unreachable  # no connection at all (not an answer cut short, not a 5xx)
 
 
 class Client:
@@ -76,7 +81,9 @@ class Client:
         connections: int = 16,
         ca_bundle: str | None = None,
         session: requests.Session | None = None,
+        offline: bool = False,
     ) -> None:
+        """`offline`: never touch the network, every request fails at once (Unreachable)."""
         if not base_url.endswith("/"):
             base_url += "/"
         scheme = urlsplit(base_url).scheme
@@ -86,6 +93,8 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.offline = offline
+        self._host = urlsplit(base_url).netloc
         # A session handed in is shared (the jobs of an account mount): used as it is, so that
         # its connection pool survives; a new one is configured here.
         self.session = session or _new_session(base_url, connections, ca_bundle)
@@ -225,13 +234,23 @@ class Client:
         `timeout`, the body at MIN_RATE on average (`consume` tells the size it
         expects with `expect_bytes`). `redirects=False` refuses any redirect.
         """
+        if self.offline:
+            raise Unreachable("offline (--offline): not in the disk cache", url)
+        # A host that could not be reached a moment ago gets one try, no retries: a refused connection then
+        # fails in a millisecond, not after every backoff, and the first answer ends the spell.
+        retries = 0 if time.monotonic() < _down_until.get(self._host, 0.0) else self.retries
         attempt = 0
         while True:
             try:
-                return self._try_once(method, url, headers() if callable(headers) else headers, consume, data,
-                                      passthrough, redirects)
+                answer = self._try_once(method, url, headers() if callable(headers) else headers, consume, data,
+                                        passthrough, redirects)
+                _down_until.pop(self._host, None)
+                return answer
             except _Retryable as exc:
-                if attempt >= self.retries:
+                if attempt >= retries:
+                    if exc.unreachable:  # the next requests fail at once for a while, not after every retry
+                        _down_until[self._host] = time.monotonic() + DOWN_SECONDS
+                        raise Unreachable(f"{exc} (after {attempt + 1} tries)", url) from None
                     raise ServerError(f"{exc} (after {attempt + 1} tries)", url) from None
                 delay = exc.delay if exc.delay is not None else self.backoff * (2**attempt)
                 delay *= 1 + random.random() * 0.25
@@ -273,7 +292,7 @@ class Client:
         except requests.exceptions.SSLError as exc:
             raise DesfsError(f"TLS error ({_reason(exc)})", url) from None
         except requests.ConnectionError as exc:
-            raise _Retryable(f"cannot connect ({_reason(exc)})") from None
+            raise _Retryable(f"cannot connect ({_reason(exc)})", unreachable=True) from None
         except requests.TooManyRedirects:
             raise ServerError("too many redirects", url) from None
         with resp:

@@ -69,3 +69,7 @@ class BadListing(DesfsError):
 
 class TooLarge(DesfsError):
     default_errno = errno.EFBIG
+
+
+class Unreachable(ServerError):
+    """The server cannot be reached (no connection), or the mount is --offline: nothing was asked."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
@@ -117,6 +118,14 @@ class Settings:
     xattrs: bool = field(default=True, metadata=option(
         CACHING, on_off, "on|off", "extended attributes user.desfs.* (URL, ETag, job): 'off' spares the round "
         "trip through desfs that 'ls -l' makes per name to ask for ACLs and labels (default: on)", shown="on"))
+    disk_cache: str | None = field(default=None, metadata=option(
+        CACHING, str, "DIR", "folder of the disk cache, kept across mounts (default: %s); --no-disk-cache: none",
+        shown="$XDG_CACHE_HOME/desfs, else ~/.cache/desfs"))
+    disk_cache_size: int = field(default=5 * 1024 * MiB, metadata=option(
+        CACHING, parse_size, "SIZE", "disk for cached file blocks; 10%% of its file system is always left free "
+        "(default: %s)"))
+    offline: bool = field(default=False, metadata=option(
+        CACHING, bool, "", "never touch the network: serve what the disk cache holds, fail the rest at once"))
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))
@@ -139,6 +148,9 @@ class Settings:
             group = parser.add_argument_group(name)
             for f in cls.options(name):
                 meta = f.metadata
+                if meta["parse"] is bool:  # a switch: off by default
+                    group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=meta["help"])
+                    continue
                 shown = meta["shown"] or (_size_text(f.default) if meta["parse"] is parse_size else f"{f.default:g}"
                                           if isinstance(f.default, float) else str(f.default))
                 group.add_argument(_flag(f.name), dest=f.name, type=meta["parse"], default=f.default,
@@ -154,8 +166,12 @@ class Settings:
         """These settings as options of the same command (for the process serving a background mount)."""
         out: list[str] = []
         for f in self.options(*groups):
-            value = getattr(self, f.name)
-            if value is not None:
+            value, parse = getattr(self, f.name), f.metadata["parse"]
+            if parse is bool:  # a switch
+                out += [_flag(f.name)] if value else []
+            elif parse is on_off:
+                out += [_flag(f.name), "on" if value else "off"]
+            elif value is not None:
                 out += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]
         return out
 
@@ -164,7 +180,7 @@ class Settings:
     def client_options(self) -> dict:
         """Keyword arguments of client.Client for a mount."""
         return {"timeout": self.timeout, "retries": self.retries, "ca_bundle": self.ca_bundle,
-                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS}
+                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS, "offline": self.offline}
 
     @property
     def readahead_window(self) -> int:
@@ -176,6 +192,12 @@ class Settings:
         """Seconds a whole operation on `nbytes` may take, every try and pause between tries included: how
         long a thread waiting for another one's load of the same bytes waits at most."""
         return (self.retries + 1) * allowance(self.timeout, nbytes) + self.retries * RETRY_AFTER_MAX + 1.0
+
+
+def default_disk_cache() -> str:
+    """Where a mount keeps its disk cache unless told: $XDG_CACHE_HOME/desfs, else ~/.cache/desfs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "desfs")
 
 
 def _flag(name: str) -> str:

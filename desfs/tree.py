@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from desfs import platform
 from desfs.cache import BlockCache, FileKey, LoadingCache
 from desfs.client import Client
-from desfs.errors import NotFound, Stale, TooLarge
+from desfs.diskcache import DiskStore, ListingStore
+from desfs.errors import NotFound, Stale, TooLarge, Unreachable
 from desfs.listing import Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
 from desfs.settings import DEFAULTS, Settings
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
 LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
+OFFLINE_LISTING_TTL = 10.0  # seconds a stored listing served while the server is unreachable is trusted
 TRIM_AFTER_BYTES = 1 * MiB  # a listing this large read: the memory its parse and the listings it evicted
 # left free goes back to the system (else malloc keeps it, in the arena of each FUSE thread that parsed one)
 
@@ -79,8 +81,10 @@ class Caches:
         self.listings = LoadingCache(settings.listing_cache_size, lambda listing: listing.ttl or settings.listing_ttl,
                                      getsizeof=_listing_size, timer=timer,
                                      patience=settings.patience(LISTING_WAIT_BYTES))
+        self.disk = _disk_store(settings)
+        self.disk_listings = ListingStore(settings.disk_cache) if self.disk is not None else None
         self.blocks = BlockCache(settings.cache_size, settings.block_size, settings.block_ttl, timer=timer,
-                                 patience=settings.patience)
+                                 patience=settings.patience, below=self.disk)
         self.readahead_max = settings.readahead_window
         self.prefetcher = Prefetcher(self.blocks, settings.connections) if self.readahead_max > 0 else None
         self.listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
@@ -89,6 +93,23 @@ class Caches:
         if self.prefetcher:
             self.prefetcher.close()
         self.listers.shutdown(wait=False, cancel_futures=True)
+        if self.disk is not None:
+            self.blocks.close()  # the blocks still being written to disk are written
+            self.disk.close()
+
+
+def _disk_store(settings: Settings) -> DiskStore | None:
+    """The disk tier the settings ask for (none when `disk_cache` is empty); a folder that cannot be
+    used is said in the log, and the mount goes on with memory alone."""
+    if not settings.disk_cache:
+        return None
+    try:
+        store = DiskStore(settings.disk_cache, settings.disk_cache_size)
+    except OSError as exc:
+        log.warning("no disk cache: %s", exc)
+        return None
+    log.info("disk cache %s (up to %d MiB)", store.folder, settings.disk_cache_size // MiB)
+    return store
 
 
 class Tree:
@@ -150,11 +171,23 @@ class Tree:
         return listing
 
     def _load_listing(self, path: str) -> Listing:
+        stored = self.caches.disk_listings
         try:
             listing = self.client.listing(path, self.listings.max_size)
         except TooLarge as exc:  # kept as such for the TTL: never fetched again on every lookup
             log.warning("%s: refused (raise --listing-cache-size to list it)", exc)
             listing = Listing.refusal(exc.strerror)
+        except Unreachable as exc:  # offline: the last listing stored, if there is one
+            url = self.client.url(path, folder=True)
+            listing = stored.load(url) if stored is not None else None
+            if listing is None:
+                raise
+            log.info("%s: the last listing stored is served (%s)", url, exc.strerror)
+            listing.ttl = self.settings.listing_ttl if self.settings.offline else OFFLINE_LISTING_TTL
+            return listing
+        else:
+            if stored is not None:
+                stored.save(self.client.url(path, folder=True), listing)
         listing.ttl = self.listing_ttl
         return listing
 
@@ -248,6 +281,17 @@ class Tree:
         elif isinstance(exc, NotFound):
             self.forget(path)
 
+    def store_file(self, path: str, entry: Entry, done=lambda nbytes: None) -> None:
+        """Bring every block of version `entry` of a file into the caches (down to the disk tier), a few at
+        a time; `done(n)` after each n bytes (desfs cache fetch)."""
+        path = normalize(path)
+        key, fetcher, bs = self._file_key(path, entry), self._fetcher(path, entry), self.blocks.block_size
+        count = -(-entry.size // bs)
+        for first in range(0, count, 8):
+            last = min(count, first + 8)
+            self.blocks.fetch_run(key, entry.size, first, last, fetcher)
+            done(min(entry.size, last * bs) - first * bs)
+
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a symbolic link", path)  # listings hold no links
 
@@ -286,8 +330,12 @@ class Tree:
         path = normalize(path)
         key = self._key(path)
         prefix = key.rstrip("/") + "/"
-        below = lambda k: k == key or k.startswith(prefix)  # noqa: E731
+        dropped: list[str] = []
+        below = lambda k: (k == key or k.startswith(prefix)) and not dropped.append(k)  # noqa: E731
         listings = self.listings.discard_where(below)
+        if self.caches.disk_listings is not None:  # and the stored ones, never served offline again
+            for k in dropped:
+                self.caches.disk_listings.discard(self.client.url(k[len(self.prefix):] or "/", folder=True))
         url, folder_url = self.client.url(path), self.client.url(path, folder=True)
         blocks = self.blocks.discard_file(lambda file: file.url == url or file.url.startswith(folder_url))
         if listings or blocks:

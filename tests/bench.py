@@ -25,6 +25,11 @@ connection paced to 16 MB/s). On both, on the same files, it measures:
   6. the peak resident memory of the desfs process during (1);
   7. downloading a whole job (hundreds of small files, a few large ones) with
      `desfs get` vs the documentation's sequential script;
+  7. (loopback) re-reading the file of (1) after an unmount and a new mount, from the
+     disk cache, vs reading the same file from local disk; and how long a mount takes
+     to start with a disk cache of 100 000 blocks vs an empty one.
+
+Every mount of (1)-(5) has a fresh disk cache of its own, so that they measure the network.
 
 prints a table and writes the figures as JSON.
 """
@@ -94,8 +99,12 @@ class Mount:
         self.path = where
         where.mkdir(parents=True, exist_ok=True)
         self.log = where.with_suffix(".log")
+        if "--disk-cache" not in options:  # a cold disk cache of its own: the measures are of the network
+            options = (*options, "--disk-cache", str(where.with_suffix(".cache")))
+        started = time.monotonic()
         r = subprocess.run([*DESFS, "mount", url, str(where), "--log-file", str(self.log), *options],
                            capture_output=True, text=True, timeout=120)
+        self.start_s = time.monotonic() - started
         if r.returncode != 0:
             raise RuntimeError(f"mount failed: {r.stderr}")
         self.pid = int(self.log.read_text().rsplit("(pid ", 1)[1].split(")")[0])
@@ -158,16 +167,6 @@ def tree_entries(folder: Path) -> int:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         count += len(dirs) + sum(1 for f in files if not f.startswith("."))
     return count
-
-
-def drop_page_cache() -> bool:
-    """Drop the kernel's page cache (clean pages only; needs root). False when not allowed."""
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
-        return True
-    except OSError:
-        return False
 
 
 def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: int, repeats: int) -> dict:
@@ -281,6 +280,70 @@ def measure(name: str, base: str, job: str, user: str, work: Path, nginx, size: 
     return res
 
 
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (clean pages, after a sync; root only): a read from memory or from a
+    disk cache then reads desfs's own memory or disk, and a local file its disk. False when not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def measure_disk_cache(base: str, job: str, user: str, work: Path, root: Path, size: int) -> dict:
+    """(7): a remount's re-read from the disk cache against the local file; mount start with 100 000 blocks."""
+    job_url = f"{base}{user}/cutout/{job}/"
+    res: dict = {}
+    cache = work / "disk-cache"
+    print("[disk cache] filling it through a mount, then a new mount re-reads ...", flush=True)
+    m = Mount(job_url, work / "disk-fill", "--disk-cache", str(cache))
+    try:
+        read_file(m.path / "big.bin")
+    finally:
+        m.close()
+    m = Mount(job_url, work / "disk-reread", "--disk-cache", str(cache))
+    try:
+        res["page_cache_dropped"] = drop_page_cache()
+        n, secs = read_file(m.path / "big.bin")
+        assert n == size
+        res["disk_reread_mb_s"] = n / secs / 1e6
+    finally:
+        m.close()
+    drop_page_cache()
+    n, secs = read_file(root / "files-desaccess" / user / "cutout" / job / "big.bin")
+    res["local_read_mb_s"] = n / secs / 1e6
+    res["disk_vs_local"] = res["disk_reread_mb_s"] / res["local_read_mb_s"]
+
+    print("[disk cache] mount start with 100 000 blocks ...", flush=True)
+    import sqlite3
+
+    from desfs.diskcache import DiskStore
+
+    big = work / "disk-big"
+    DiskStore(str(big), 10 * 1024 * MiB).close()
+    rows = []
+    for i in range(100_000):
+        name = f"{i:064x}"
+        (big / "blocks" / name[:2]).mkdir(mode=0o700, exist_ok=True)
+        (big / "blocks" / name[:2] / name).write_bytes(b"x" * 64)
+        rows.append((name, f'"k{i}"', 64, i, 0.0))
+    db = sqlite3.connect(big / "index.sqlite")
+    with db:
+        db.executemany("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?)", rows)
+    db.close()
+    starts = {}
+    for label, folder in (("empty", work / "disk-empty"), ("100k", big)):
+        times = []
+        for attempt in range(3):
+            m = Mount(job_url, work / f"disk-start-{label}{attempt}", "--disk-cache", str(folder))
+            times.append(m.start_s)
+            m.close()
+        starts[label] = statistics.median(times)
+    res["mount_start_empty_s"], res["mount_start_100k_s"] = starts["empty"], starts["100k"]
+    return res
+
+
 def same_tree(a: Path, b: Path) -> int:
     """How many files the two downloads hold; both must hold the same names and sizes."""
     def files(root: Path) -> dict:
@@ -311,6 +374,11 @@ ROWS = [
     ("script_s", "whole job (303 files, 54 MiB): documentation script, s", "{:.1f}"),
     ("get_s", "whole job: desfs get, s", "{:.1f}"),
     ("get_speedup", "desfs get speed-up over the script", "{:.1f}x"),
+    ("disk_reread_mb_s", "after a remount, re-read from the disk cache, MB/s", "{:.0f}"),
+    ("local_read_mb_s", "the same file read from local disk, MB/s", "{:.0f}"),
+    ("disk_vs_local", "disk cache / local disk", "{:.2f}"),
+    ("mount_start_empty_s", "desfs mount, empty disk cache, s (median of 3)", "{:.2f}"),
+    ("mount_start_100k_s", "desfs mount, disk cache of 100 000 blocks, s (median of 3)", "{:.2f}"),
 ]
 
 
@@ -351,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         size = args.size_mib * MiB
         results = [measure(name, base, job, user, work, nginx, size, runs)
                    for (name, base), runs in zip(sites, (args.repeats, args.far_repeats), strict=True)]
+        results[0].update(measure_disk_cache(nginx.base_url, job, user, work, work / "root", size))
     finally:
         if proxy:
             proxy.stop()

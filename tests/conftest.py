@@ -33,6 +33,13 @@ def _no_proxies():
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
+@pytest.fixture(autouse=True)
+def _private_disk_cache(tmp_path, monkeypatch):
+    """Every test's mounts keep their disk cache in a folder of the test's own ($XDG_CACHE_HOME), never
+    in the user's ~/.cache: no test warms another's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 def _add_odd_tree(sample: Sample) -> None:
     """Odd names, a folder named json, empty/big files, hidden and `other` entries."""
     top = Path(sample.cutout_dir) / "odd names"

@@ -10,6 +10,7 @@
     url      `desfs url`
     fstab    desfs as mount(8)'s helper: `desfs SOURCE MOUNTPOINT -o OPTIONS`
     completion  `desfs completion bash|zsh` (shtab)
+    cache    `desfs cache status|clear|fetch`
 
 Each imports only modules listed above it. Expected failures are one line on
 stderr (a traceback only with --debug). Exit codes: 0 ok, 1 failure, 2 usage
@@ -24,6 +25,7 @@ import sys
 from desfs import __version__
 from desfs.cli.completion import FILE, FOLDER, MOUNTPOINTS, SHELLS
 from desfs.cli.completion import script as completion_script
+from desfs.cli.cache import cmd_cache
 from desfs.cli.common import DEFAULT_LOG, UsageError, log, printable, setup_logging
 from desfs.cli.demo import cmd_demo
 from desfs.cli.fstab import helper_argv, helper_environment, is_helper_call
@@ -35,7 +37,7 @@ from desfs.cli.url import cmd_url
 from desfs.credentials import NoCredentials
 from desfs.errors import redact
 from desfs.mounting import MountError
-from desfs.settings import LISTINGS, NETWORK, Settings, positive_float
+from desfs.settings import LISTINGS, NETWORK, Settings, parse_size, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--handoff-fd", type=int, help=argparse.SUPPRESS)
     Settings.add_options(m, *MOUNT_GROUPS)
+    m.add_argument("--no-disk-cache", dest="disk_cache", action="store_const", const="",
+                   help="keep no disk cache: blocks in memory only, gone at unmount")
     add_account_options(m)
 
     u = sub.add_parser("umount", help="unmount a desfs mount", description=(
@@ -115,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Print the URL of each PATH in a desfs mount (its user.desfs.url attribute), one a line: to share a "
         "file, or to hand it to another tool. Anyone with a job's URL can read the job's files."))
     url.add_argument("paths", metavar="PATH", nargs="+", help="a file or folder in a desfs mount").complete = FILE
+
+    c = sub.add_parser("cache", help="the disk cache: status, clear, fetch (and pin)", description=(
+        "The disk cache that mounts keep across unmounts (--disk-cache, default $XDG_CACHE_HOME/desfs, else "
+        "~/.cache/desfs). PATHs are paths in a desfs mount, or SOURCEs as for desfs get."))
+    csub = c.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    for name, text in (("status", "size, files, jobs, pinned, and the disk hits of each mount using it"),
+                       ("clear", "remove the stored blocks of PATHs (all, and the stored listings, without PATH)"),
+                       ("fetch", "store whole files or trees now, with progress; --pin keeps them out of eviction")):
+        a = csub.add_parser(name, help=text, description=text)
+        a.add_argument("--disk-cache", metavar="DIR", help="the cache folder (default: $XDG_CACHE_HOME/desfs)")
+        a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
+        if name == "clear":
+            a.add_argument("paths", metavar="PATH", nargs="*")
+        if name == "fetch":
+            a.add_argument("paths", metavar="PATH", nargs="+")
+            a.add_argument("--pin", action="store_true", help="keep them out of eviction (pinned go last)")
+            a.add_argument("-q", "--quiet", action="store_true", help="no progress")
+            a.add_argument("--disk-cache-size", type=parse_size, metavar="SIZE", default=Settings.disk_cache_size,
+                           help="the cache's budget (default: 5G), as the mounts' --disk-cache-size")
+            Settings.add_options(a, NETWORK, LISTINGS)
+            add_account_options(a)
 
     d = sub.add_parser("demo", help="mount a built-in sample job (no network, no account)", description=(
         "Start a local file server that answers like the DES file server, over a generated sample "
@@ -175,4 +200,4 @@ def _mount_flags(parser: argparse.ArgumentParser) -> dict[str, bool]:
 
 COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "demo": cmd_demo, "get": cmd_get, "ls": cmd_ls,
             "jobs": cmd_jobs, "url": cmd_url, "completion": cmd_completion,
-            "status": cmd_status}
+            "status": cmd_status, "cache": cmd_cache}

@@ -24,7 +24,7 @@ from desfs.cli.fstab import ACCOUNT_SOURCE
 from desfs.cli.jobs import credentials, resolve_source, sign_in, site_urls
 from desfs.credentials import Credentials
 from desfs.mounting import MountError, check_mountpoint, unmount
-from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings
+from desfs.settings import ACCOUNT_MOUNT, CACHING, LISTINGS, NETWORK, Settings, default_disk_cache
 
 log = logging.getLogger("desfs")
 
@@ -42,8 +42,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
                     "through %s", args.mountpoint)
     if not args.foreground:
         return _mount_in_background(args, url)
-    return serve(args.mountpoint, Settings.from_args(args), tree_maker(args, url), fuse_options=options,
+    return serve(args.mountpoint, mount_settings(args), tree_maker(args, url), fuse_options=options,
                  log_file=args.log_file, ready_fd=args.ready_fd)
+
+
+def mount_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a mount: the disk cache is on, in its default folder, unless --disk-cache names
+    another or --no-disk-cache (an empty name) turns it off; a folder named relative to here is made absolute."""
+    settings = Settings.from_args(args)
+    folder = default_disk_cache() if settings.disk_cache is None else settings.disk_cache
+    return dataclasses.replace(settings, disk_cache=folder and os.path.abspath(os.path.expanduser(folder)))
 
 
 def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
@@ -57,12 +65,13 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
             tree.list_dir("/")
         except OSError as exc:
             raise MountError(f"cannot mount {url}: {exc.strerror}") from exc
+        _record(settings, url)
         return tree, url
 
     def account_tree(settings: Settings):
         from desfs.account import AccountTree
 
-        api = sign_in(args)
+        api = _signed_in_or_stored(settings)
         _, files_url, _ = site_urls(args)
         tree = AccountTree(api, files_url, settings)
         try:
@@ -70,7 +79,46 @@ def tree_maker(args: argparse.Namespace, url: str | None) -> TreeMaker:
         except OSError as exc:
             raise MountError(f"cannot list the jobs of {api.username}: {exc.strerror}") from exc
         log.info("%d jobs of %s", len(jobs), api.username)
+        _record(settings, f"{files_url}{api.username}/")
         return tree, f"{api.username}@{files_url}"
+
+    def _signed_in_or_stored(settings: Settings):
+        """The signed-in API; or, when it cannot be reached (or --offline), the job list the disk cache
+        kept of this account (with a warning), which then stays as it is."""
+        import errno as errnos
+
+        from desfs.account import FixedJobs
+        from desfs.api import Job
+        from desfs.errors import DesfsError
+
+        problem = "--offline"
+        if not settings.offline:
+            try:
+                return sign_in(args)
+            except DesfsError as exc:
+                if exc.errno == errnos.EACCES or not settings.disk_cache:
+                    raise
+                problem = str(exc)
+        from desfs.diskcache import ListingStore
+
+        api_url = site_urls(args)[0]
+        user = credentials(args).username
+        stored = ListingStore(settings.disk_cache).load_jobs(api_url, user) if settings.disk_cache else None
+        if stored is None:
+            raise MountError(f"{problem}: and no job list of {user} is stored in the disk cache")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(stored.get("time", 0)))
+        log.warning("DESaccess API not reached (%s): mounting the job list of %s stored %s, which stays as it "
+                    "is until the next mount", problem, stored["username"], when)
+        return FixedJobs(stored["username"], [Job(**j) for j in stored["jobs"]])
+
+    def _record(settings: Settings, base_url: str) -> None:
+        if settings.disk_cache:  # so that `desfs cache` knows the URL of a path in this mount
+            from desfs.diskcache import record_mount
+
+            try:
+                record_mount(settings.disk_cache, os.path.realpath(args.mountpoint), base_url)
+            except OSError as exc:
+                log.warning("disk cache: could not note the mount: %s", exc)
 
     return account_tree if url is None else job_tree
 
@@ -139,7 +187,7 @@ def fuse_options(groups: list[str]) -> dict:
 def child_argv(args: argparse.Namespace, mountpoint: str, log_file: str, ready_fd: int, handoff_fd: int) -> list[str]:
     """The command line of the process that serves a background mount: this one's options, in the
     foreground, reporting on `ready_fd`, reading the URLs and credentials (`handoff`) from `handoff_fd`."""
-    settings = Settings.from_args(args)
+    settings = mount_settings(args)
     if settings.ca_bundle:  # the child runs in /
         settings = dataclasses.replace(settings, ca_bundle=os.path.abspath(settings.ca_bundle))
     argv = (["--debug"] if args.debug else []) + [
