@@ -114,9 +114,14 @@ class StatusServer:
             memory["listings"] = {"used": caches.listings.current_size, "max": caches.listings.max_size}
         memory["block_cache_hits"], memory["block_cache_misses"] = hits, misses
         memory["block_cache_hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
+        disk = getattr(caches, "disk", None)
+        disk_cache = None if disk is None else {
+            "folder": disk.folder, "used": disk.current_size, "max": disk.max_size, "hits": disk.hits,
+            "misses": disk.misses,
+            "hit_rate": round(disk.hits / (disk.hits + disk.misses), 3) if disk.hits + disk.misses else None}
         return {"state": "live", "pid": os.getpid(), "mountpoint": self.mountpoint, "source": self.source,
                 "started": self.started, "uptime": round(time.time() - self.started, 1), **counters,
-                "memory": memory, "disk_cache": None, "errors": list(self.errors.lines)}
+                "memory": memory, "disk_cache": disk_cache, "errors": list(self.errors.lines)}
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -249,7 +254,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                  f"of {_size(mem.get('block_cache', {}).get('max'))}, hit rate "
                  f"{'-' if rate is None else f'{rate:.0%}'} ({mem['block_cache_hits']} hits, "
                  f"{mem['block_cache_misses']} misses); listings {_size(mem.get('listings', {}).get('used'))} "
-                 f"of {_size(mem.get('listings', {}).get('max'))}; disk cache: none"]
+                 f"of {_size(mem.get('listings', {}).get('max'))}"]
+        disk = st.get("disk_cache")
+        if disk:
+            rate = disk.get("hit_rate")
+            lines.append(f"  disk cache {_size(disk['used'])} of {_size(disk['max'])} in {disk['folder']}, hit rate "
+                         f"{'-' if rate is None else f'{rate:.0%}'} ({disk['hits']} hits, {disk['misses']} misses)")
+        else:
+            lines.append("  disk cache: none")
         if st["errors"]:
             lines.append("  last errors:")
             lines += [f"    {printable(line)}" for line in st["errors"]]
