@@ -26,8 +26,8 @@ def bash_complete(*words: str) -> list[str]:
 
 
 def test_bash_completes_commands_options_and_choices():
-    assert bash_complete("desfs", "") == ["mount", "umount", "get", "ls", "jobs", "status", "url", "demo",
-                                           "completion"]
+    assert bash_complete("desfs", "") == ["mount", "umount", "get", "ls", "jobs", "status", "url", "cache",
+                                           "demo", "completion"]
     assert bash_complete("desfs", "um") == ["umount"]
     assert bash_complete("desfs", "mount", "--cache-") == ["--cache-size"]
     assert "--include" in bash_complete("desfs", "get", "--")
