@@ -32,8 +32,8 @@ import cachetools
 from desfs.stats import COUNTERS
 
 
-class _TTLCache(cachetools.TTLCache):
-    """cachetools' TTLCache, telling `on_drop` of each value it evicts or expires."""
+class _Dropping:
+    """A cachetools cache that tells `on_drop` of each value it evicts or expires."""
 
     def __init__(self, *args: Any, on_drop: Callable[[Any], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,23 +51,12 @@ class _TTLCache(cachetools.TTLCache):
         return key, value
 
 
-class _TLRUCache(cachetools.TLRUCache):
-    """cachetools' TLRUCache (a time to live per item), telling `on_drop` as _TTLCache does."""
+class _TTLCache(_Dropping, cachetools.TTLCache):
+    """cachetools' TTLCache (one time to live), telling `on_drop`."""
 
-    def __init__(self, *args: Any, on_drop: Callable[[Any], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_drop = on_drop
 
-    def expire(self, time: float | None = None) -> list:
-        expired = super().expire(time)
-        for _key, value in expired:
-            self._on_drop(value)
-        return expired
-
-    def popitem(self) -> tuple:
-        key, value = super().popitem()
-        self._on_drop(value)
-        return key, value
+class _TLRUCache(_Dropping, cachetools.TLRUCache):
+    """cachetools' TLRUCache (a time to live per item), telling `on_drop`."""
 
 
 class FileKey(NamedTuple):

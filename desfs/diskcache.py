@@ -600,15 +600,7 @@ class DiskStore:
         with self._lock:
             self._flush()
             rows = self._db.execute(f"SELECT DISTINCT key FROM blocks WHERE {where}", args).fetchall()
-        urls = set()
-        for (text,) in rows:
-            try:
-                key = decode_key(text)
-            except ValueError:
-                continue
-            if isinstance(key, tuple) and key and isinstance(key[0], FileKey):
-                urls.add(key[0].url)
-        return urls
+        return _urls(text for (text,) in rows)
 
     def status(self) -> dict:
         """What the cache holds: bytes, blocks, files, jobs, pinned; and the disk hits of each process using it."""
@@ -617,14 +609,7 @@ class DiskStore:
             db = self._db
             (total,) = db.execute("SELECT v FROM meta WHERE k = 'total'").fetchone()
             blocks, pinned = db.execute("SELECT count(*), coalesce(sum(pinned * size), 0) FROM blocks").fetchone()
-            urls = set()
-            for (text,) in db.execute("SELECT key FROM blocks"):
-                try:
-                    key = decode_key(text)
-                except ValueError:
-                    continue
-                if isinstance(key, tuple) and key and isinstance(key[0], FileKey):
-                    urls.add(key[0].url)
+            urls = _urls(text for (text,) in db.execute("SELECT key FROM blocks"))
             procs = db.execute("SELECT pid, started, hits, misses FROM procs").fetchall()
         jobs = {m.group(0) for m in (_JOB.search(u) for u in urls) if m}
         live = []
@@ -676,3 +661,16 @@ def mounted_url(folder: str, mountpoint: str) -> str | None:
         return data["url"] if data.get("mountpoint") == mountpoint else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _urls(keys) -> set[str]:
+    """The file URLs of stored block keys (in their text form); keys that do not decode are passed over."""
+    urls = set()
+    for text in keys:
+        try:
+            key = decode_key(text)
+        except ValueError:
+            continue
+        if isinstance(key, tuple) and key and isinstance(key[0], FileKey):
+            urls.add(key[0].url)
+    return urls

@@ -305,13 +305,13 @@ def measure_disk_cache(base: str, job: str, user: str, work: Path, root: Path, s
     m = Mount(job_url, work / "disk-reread", "--disk-cache", str(cache))
     try:
         res["page_cache_dropped"] = drop_page_cache()
-        n, secs = read_file(m.path / "big.bin")
+        n, secs, _ = read_file(m.path / "big.bin")
         assert n == size
         res["disk_reread_mb_s"] = n / secs / 1e6
     finally:
         m.close()
     drop_page_cache()
-    n, secs = read_file(root / "files-desaccess" / user / "cutout" / job / "big.bin")
+    n, secs, _ = read_file(root / "files-desaccess" / user / "cutout" / job / "big.bin")
     res["local_read_mb_s"] = n / secs / 1e6
     res["disk_vs_local"] = res["disk_reread_mb_s"] / res["local_read_mb_s"]
 

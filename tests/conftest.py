@@ -191,6 +191,22 @@ def wait_for(condition, seconds: float = 10.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+ACCOUNT_USER, ACCOUNT_PASSWORD = "astrobuff", "s3cret-Pa55word"  # the emulated account of the sample
+
+
+@pytest.fixture
+def one_job_api(sample):
+    """The emulated DESaccess API (fakeapi.py) of an account whose one job is the sample's cutout job."""
+    from fakeapi import FakeApi
+
+    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
+             "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
+             "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []}]
+    server = FakeApi({ACCOUNT_USER: ACCOUNT_PASSWORD}, {ACCOUNT_USER: jobs}).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def kill_after():
     """Processes registered here are killed at teardown, whatever happened."""

@@ -20,7 +20,6 @@ from desfs.sample import make_sample
 from desfs.server import DesHandler, DesServer
 
 from conftest import DESFS, run_desfs
-from fakeapi import FakeApi
 
 PASSWD_LINE = b"root:x:0:0:"  # /etc/passwd's first line: never in an answer
 
@@ -156,13 +155,8 @@ USER, PASSWORD = "astrobuff", "s3cret-Pa55word"
 
 
 @pytest.fixture
-def api(sample):
-    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
-             "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
-             "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []}]
-    server = FakeApi({USER: PASSWORD}, {USER: jobs}).start()
-    yield server
-    server.stop()
+def api(one_job_api):
+    return one_job_api
 
 
 @pytest.fixture

@@ -173,12 +173,8 @@ def test_umount_of_a_hung_mount_does_not_hang(server, sample, tmp_path, busy):
 
 
 @pytest.fixture
-def api(sample):
-    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
-             "job_time_complete": "2026-11-24 23:59:00", "expiration_date": "2026-12-08 23:59:00"}]
-    server = FakeApi({USER: PASSWORD}, {USER: jobs}).start()
-    yield server
-    server.stop()
+def api(one_job_api):
+    return one_job_api
 
 
 @pytest.fixture

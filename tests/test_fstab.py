@@ -21,7 +21,6 @@ from desfs.cli.common import UsageError
 from desfs.cli.fstab import helper_argv
 from desfs.mounting import find_mount, lazy_unmount
 from conftest import wait_for
-from fakeapi import FakeApi
 
 pytestmark = [pytest.mark.mount, pytest.mark.nginx]
 needs_root_tools = pytest.mark.skipif(
@@ -116,13 +115,8 @@ def test_mount_t_fuse_desfs_with_options_the_rclone_way(sample, nginx):
 
 
 @pytest.fixture
-def api(sample):
-    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
-             "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
-             "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []}]
-    server = FakeApi({USER: PASSWORD}, {USER: jobs}).start()
-    yield server
-    server.stop()
+def api(one_job_api):
+    return one_job_api
 
 
 def fstab_test(sample, nginx, api, user: str, how: str, line: str | None = None) -> dict[str, str]:

@@ -12,7 +12,6 @@ import urllib.request
 import pytest
 
 from conftest import run_desfs
-from fakeapi import FakeApi
 
 pytestmark = [pytest.mark.mount, pytest.mark.nginx]
 needs_attr = pytest.mark.skipif(shutil.which("getfattr") is None, reason="getfattr: apt-get install attr")
@@ -86,13 +85,8 @@ def test_desfs_url_of_a_path_outside_a_mount_says_so(tmp_path):
 
 
 @pytest.fixture
-def api(sample):
-    jobs = [{"job_id": sample.cutout_job, "job_type": "cutout", "job_name": "my cutouts", "job_status": "success",
-             "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
-             "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []}]
-    server = FakeApi({USER: PASSWORD}, {USER: jobs}).start()
-    yield server
-    server.stop()
+def api(one_job_api):
+    return one_job_api
 
 
 @needs_attr
