@@ -206,7 +206,7 @@ class Client:
                 sink.filled(n)
                 done += n
                 want -= n
-                COUNTERS.add("bytes_fetched", n)
+            COUNTERS.add("bytes_fetched", stop - offset)  # once an answer, not under a lock per socket read
             if body is not None and body.isclosed():  # read to its end: the connection can serve again
                 resp.raw.release_conn()  # (urllib3 does this in its own read, which is bypassed here)
 
