@@ -318,3 +318,17 @@ def test_passwords_in_urls_are_hidden_whatever_they_hold():
     for password in ("s3cret", "s cret", "se/cret", "se#cret", "se?cret", "a@b"):
         text = redact(f"cannot mount http://bob:{password}@127.0.0.1:9/files/x/: refused")
         assert password not in text and "bob" not in text and "127.0.0.1:9/files/x/: refused" in text, text
+
+
+def test_the_minimum_rate_is_shared_by_the_transfers_at_once():
+    """Two tries in flight at once each get their bytes at half the minimum rate (64 KiB/s shared)."""
+    from desfs.client import _Watchdog
+
+    dog = _Watchdog()
+    first = dog.begin(1.0, 64 * 1024)
+    assert first.seconds == 2.0  # alone: 1 s + 64 KiB at 64 KiB/s
+    other = threading.Thread(target=lambda: dog.begin(1.0, 64 * 1024))
+    other.start()
+    other.join()
+    assert first.seconds == 3.0  # two at once: its 64 KiB at 32 KiB/s
+    dog.end(first)
