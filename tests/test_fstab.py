@@ -57,10 +57,17 @@ def in_namespace(script: str, homes: dict[str, str], fstab: str | None = None,
         prelude += f"mount --bind {shlex.quote(fstab)} /etc/fstab\n"
     if os.stat("/dev/fuse").st_mode & 0o006 != 0o006:  # as distributions ship it: every user may mount
         prelude += f"mknod -m 666 {bin_dir}/fuse c 10 229\nmount --bind {bin_dir}/fuse /dev/fuse\n"
+    # Other users run this checkout's Python and desfs: the folders above it must let them through
+    # (a checkout in a 0700 folder, as `mktemp -d` makes, would not); opened for the run, closed after.
+    closed = [d for d in Path(sys.prefix).resolve().parents if d != Path("/") and not d.stat().st_mode & 0o001]
+    for d in closed:
+        d.chmod(d.stat().st_mode | 0o001)
     try:
         return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", prelude + script],
                               capture_output=True, text=True, timeout=timeout)
     finally:
+        for d in closed:
+            d.chmod(d.stat().st_mode & ~0o001)
         shutil.rmtree(bin_dir, ignore_errors=True)
         if made_root_home:
             shutil.rmtree(root_home, ignore_errors=True)  # (the mounts inside are gone with the namespace)
