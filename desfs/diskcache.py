@@ -5,7 +5,6 @@ Layout of a cache folder (0700, every file 0600, opened with O_NOFOLLOW):
     blocks/ab/ab12…ef   one file per block, named by the SHA-256 of its key
     tmp/                blocks being written (renamed into blocks/ when complete)
     index.sqlite        what is stored: size, last use (a sequence), time stored, pin
-    evict.lock          flock'ed by the one process evicting at a time
 
 A block file is a header (magic, data length, CRC32 of the data, time stored,
 the key itself, CRC32 of the header) followed by the data. Every read checks
@@ -19,9 +18,13 @@ a file the index does not know (a crash between the rename and the index's
 update) is adopted when it is read. It serves eviction (least recently used
 first, pinned last) and the total size, kept by triggers, so opening a cache of
 any size reads nothing but the index's header (no scan). SQLite in WAL mode lets
-several processes (two mounts, a mount and `desfs cache fetch`) share a folder;
-only the one holding evict.lock evicts. The budget is `max_size` bytes and never
-less than `FREE_FLOOR` of the file system left free.
+several processes (two mounts, a mount and `desfs cache fetch`) share a folder:
+a block's room is taken in one transaction (evict the least recently used,
+check the budget, add the block's row) before its file is written, and victims'
+files are removed inside that transaction, so processes never overrun the budget
+together and a use remembered by one process never brings back a block another
+evicted. The budget is `max_size` bytes and never less than `FREE_FLOOR` of the
+file system left free.
 
 Keys are what cache.BlockCache uses, (FileKey(url, size, mtime), index), or plain
 strings and numbers; nothing else is ever written (no credentials, no tokens).
@@ -29,7 +32,6 @@ strings and numbers; nothing else is ever written (no credentials, no tokens).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -279,21 +281,11 @@ class DiskStore:
         """Write the remembered uses to the index (one transaction)."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, {}
-        self._flushed = time.monotonic()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._next_seq(len(pending))
-                now = self._timer()
-                for i, (name, (text, size)) in enumerate(pending.items()):
-                    if size is None:  # a use told by the tier above: only a block the index knows
-                        db.execute("UPDATE blocks SET used = ? WHERE name = ?", (seq + i, name))
-                        continue
-                    db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
-                               "ON CONFLICT(name) DO UPDATE SET used = excluded.used",
-                               (name, text, size, seq + i, now))
+                self._write_uses()
                 db.execute("INSERT OR REPLACE INTO procs VALUES (?, ?, ?, ?)",
                            (os.getpid(), self._started, self.hits, self.misses))
                 db.execute("COMMIT")
@@ -302,6 +294,24 @@ class DiskStore:
                 raise
         except sqlite3.Error as exc:
             log.warning("disk cache: could not record block uses: %s", exc)
+
+    def _write_uses(self) -> None:
+        """Write the remembered uses to the index (inside a transaction)."""
+        pending, self._pending = self._pending, {}
+        self._flushed = time.monotonic()
+        if not pending:
+            return
+        db = self._db
+        seq = self._next_seq(len(pending))
+        now = self._timer()
+        for i, (name, (text, size)) in enumerate(pending.items()):
+            if size is None or not os.path.exists(self._path(name)):
+                # a use told by the tier above, or a block evicted meanwhile (by another process): only a block
+                # the index knows
+                db.execute("UPDATE blocks SET used = ? WHERE name = ?", (seq + i, name))
+                continue
+            db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET used = excluded.used", (name, text, size, seq + i, now))
 
     def _remember_use(self, name: str, text: str, size: int | None) -> None:
         self._pending.pop(name, None)  # (re-inserted last: the most recent use)
@@ -372,16 +382,18 @@ class DiskStore:
             self._forget(name)
         return data
 
+    def _unlink(self, name: str) -> bool:
+        """Remove a block's file; whether it was there."""
+        try:
+            os.unlink(self._path(name))
+            return True
+        except OSError:
+            return False
+
     def _forget(self, name: str) -> bool:
         """Remove a block's file and its row; whether the file was there."""
         self._pending.pop(name, None)
-        try:
-            os.unlink(self._path(name))
-            existed = True
-        except FileNotFoundError:
-            existed = False
-        except OSError:
-            existed = False
+        existed = self._unlink(name)
         try:
             self._tx([("DELETE FROM blocks WHERE name = ?", (name,))])
         except sqlite3.Error as exc:
@@ -445,34 +457,42 @@ class DiskStore:
             pass
         return need
 
-    def _evict(self, incoming: int) -> None:
-        """Make room for `incoming` bytes, least recently used first and pinned last, if no other process
-        is evicting at the moment (then it does)."""
-        if self._room_needed(incoming) <= 0:
-            return
+    def _take_room(self, name: str, text: str, size: int) -> bool:
+        """In one transaction (processes take turns): evict least recently used first, pinned last, until `size`
+        bytes fit, and add block `name`'s row; whether there was room (a full disk, or everything pinned: no)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            lock = os.open(os.path.join(self.folder, "evict.lock"),
-                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another process is evicting
-            self._flush()
+            row = db.execute("SELECT size FROM blocks WHERE name = ?", (name,)).fetchone()
+            incoming = size - (row[0] if row else 0)
             need = self._room_needed(incoming)
+            if need > 0:
+                self._write_uses()  # (the order of eviction is that of the last uses)
+                need = self._room_needed(incoming)
             while need > 0:
-                rows = self._db.execute("SELECT name, size FROM blocks ORDER BY pinned, used LIMIT 64").fetchall()
+                rows = db.execute("SELECT name, size FROM blocks WHERE name != ? ORDER BY pinned, used LIMIT 64",
+                                  (name,)).fetchall()
                 if not rows:
                     break
-                for name, size in rows:
-                    self._forget(name)
-                    need -= size
+                for victim, vsize in rows:
+                    self._pending.pop(victim, None)
+                    self._unlink(victim)
+                    db.execute("DELETE FROM blocks WHERE name = ?", (victim,))
+                    need -= vsize
                     if need <= 0:
                         break
-        finally:
-            os.close(lock)
+                need = self._room_needed(incoming)  # (the free-space floor counts the files, not the rows)
+            room = need <= 0
+            if room:
+                seq = self._next_seq(1)
+                db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) "
+                           "DO UPDATE SET size = excluded.size, used = excluded.used, stored = excluded.stored",
+                           (name, text, size, seq, self._timer()))
+            db.execute("COMMIT")
+            return room
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _expire(self) -> None:
         if self._ttl is None:
@@ -509,20 +529,12 @@ class DiskStore:
         with self._lock:
             try:
                 self._pending.pop(name, None)
-                self._evict(size)
-                if self._room_needed(size) > 0:
+                if not self._take_room(name, text, size):
                     return  # no room (a full disk, or everything pinned): served, not kept
-                self._write(name, text, value)
-                self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    seq = self._next_seq(1)
-                    self._db.execute(
-                        "INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) "
-                        "DO UPDATE SET size = excluded.size, used = excluded.used, stored = excluded.stored",
-                        (name, text, size, seq, self._timer()))
-                    self._db.execute("COMMIT")
+                    self._write(name, text, value)
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._tx([("DELETE FROM blocks WHERE name = ?", (name,))])
                     raise
             except (OSError, sqlite3.Error) as exc:  # a full disk, a folder removed: the block is served anyway
                 log.warning("disk cache: could not store a block: %s", exc)

@@ -378,3 +378,51 @@ def test_the_free_space_floor_is_kept(tmp_path):
     full = DiskStore(str(tmp_path / "c"), 1 << 40, free_floor=1.0)  # a disk that is always "full"
     full.put(key(3), b"y" * 1000)
     assert full.get(key(3)) is None and full.current_size == 0 and block_files(tmp_path / "c") == []
+
+
+def _hammer(folder: str, budget: int, seed: int, rounds: int) -> None:
+    """One process's share of test_two_processes_keep_one_budget: puts and gets of overlapping keys."""
+    import random
+
+    from desfs.cache import FileKey
+
+    store, rnd = DiskStore(folder, budget), random.Random(seed)
+    for _ in range(rounds):
+        key = (FileKey("http://h/f", 1 << 30, 1.0), rnd.randrange(16))
+        if store.get(key) is None:
+            store.put(key, bytes([key[1]]) * (4096 + 97 * key[1]))
+    store.close()
+
+
+def test_two_processes_keep_one_budget(tmp_path):
+    """Two processes filling one folder at once: the budget holds, and the index counts just the files there
+    (a block evicted by one process and used by the other is not counted again)."""
+    import multiprocessing
+
+    folder, budget = str(tmp_path / "cache"), 64 * 1024
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(folder, budget, seed, 1500)) for seed in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = DiskStore(folder, budget)
+    on_disk = sum(p.stat().st_size for p in block_files(Path(folder)))
+    assert store.current_size <= budget
+    assert on_disk <= budget + 40 * 256  # (headers)
+    assert len(list(block_files(Path(folder)))) == len(store.keys())
+
+
+def test_a_use_remembered_by_one_store_does_not_bring_back_a_block_another_removed(tmp_path):
+    from desfs.cache import FileKey
+
+    folder = str(tmp_path / "cache")
+    a, b = DiskStore(folder, 10**6), DiskStore(folder, 10**6)
+    key = (FileKey("http://h/f", 1000, 1.0), 0)
+    a.put(key, b"x" * 1000)
+    assert a.get(key) == b"x" * 1000  # a use, remembered for the index
+    assert b.discard(key)
+    a.close()
+    store = DiskStore(folder, 10**6)
+    assert (store.current_size, store.keys()) == (0, [])
