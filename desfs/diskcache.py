@@ -485,8 +485,9 @@ class DiskStore:
             room = need <= 0
             if room:
                 seq = self._next_seq(1)
-                db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) "
-                           "DO UPDATE SET size = excluded.size, used = excluded.used, stored = excluded.stored",
+                db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT(name) DO UPDATE SET size = excluded.size, used = excluded.used, "
+                           "stored = excluded.stored",
                            (name, text, size, seq, self._timer()))
             db.execute("COMMIT")
             return room
