@@ -52,7 +52,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from latencyproxy import LatencyProxy  # noqa: E402
+from latencyproxy import LatencyProxy, Link  # noqa: E402
 from nginxserver import start_nginx, stop_nginx  # noqa: E402
 
 from desfs.sample import make_sample  # noqa: E402
@@ -95,15 +95,16 @@ def build_data(root: Path, size_mib: int, many: int) -> tuple[str, str]:
 class Mount:
     """A desfs mount through the CLI, with its process id from the log."""
 
-    def __init__(self, url: str, where: Path, *options: str) -> None:
+    def __init__(self, url: str | None, where: Path, *options: str, env: dict | None = None) -> None:
+        """A mount of the job at `url`, or of the account (url None: credentials and --api-url in `env`, options)."""
         self.path = where
         where.mkdir(parents=True, exist_ok=True)
         self.log = where.with_suffix(".log")
         if "--disk-cache" not in options:  # a cold disk cache of its own: the measures are of the network
             options = (*options, "--disk-cache", str(where.with_suffix(".cache")))
         started = time.monotonic()
-        r = subprocess.run([*DESFS, "mount", url, str(where), "--log-file", str(self.log), *options],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run([*DESFS, "mount", *([url] if url else []), str(where), "--log-file", str(self.log),
+                            *options], capture_output=True, text=True, timeout=120, env=env)
         self.start_s = time.monotonic() - started
         if r.returncode != 0:
             raise RuntimeError(f"mount failed: {r.stderr}")
@@ -389,6 +390,320 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- the far link (issue 11): a server 40 ms away on a link shared by all connections -------------------------
+
+LINK_JOB = "11111111111111111111111111111111"  # the 512 MiB file and a sparse 8 GiB one, for reads and downloads
+TILES_JOB = "40404040404040404040404040404040"  # a cutout job of 40 tiles × 25 objects: 1040 folders
+ACCOUNT_JOBS = 300
+ACCOUNT_PASSWORD = "bench-Pa55word"
+SPARSE_GIB = 8
+RANDOM_READ = 64 * 1024
+RANDOM_ONE, RANDOM_EACH, RANDOM_THREADS = 40, 40, 8  # reads: 1 thread; each of 8 threads
+
+
+def account_job_id(i: int) -> str:
+    return f"{0xacc0 + i:032x}"
+
+
+def build_link_data(root: Path, user: str, size_mib: int) -> dict:
+    """The far link's files: a job with the big file and a sparse one, the 1040-folder job, and the
+    300 cutout jobs of the account (each a tile folder of 5 FITS files, its .log and .tar.gz beside it)."""
+    base = root / "files-desaccess" / user / "cutout"
+    job = base / LINK_JOB
+    job.mkdir(parents=True)
+    with open(job / "big.bin", "wb") as f:
+        for _ in range(size_mib // 16):
+            f.write(os.urandom(16 * MiB))
+    with open(job / "sparse.bin", "wb") as f:
+        f.truncate(SPARSE_GIB * 1024 * MiB)
+    tiles = base / TILES_JOB
+    for t in range(40):
+        for o in range(25):
+            folder = tiles / f"DES{t:04d}-1541" / f"DESJ0226{o:02d}.4160-154120.0040"
+            folder.mkdir(parents=True)
+            for band in "grizy":
+                (folder / f"DESJ0226{o:02d}_{band}.fits").write_bytes(b"x" * 2880)
+    jobs = []
+    for i in range(ACCOUNT_JOBS):
+        job_id = account_job_id(i)
+        tile = base / job_id / "DES0226-1541"
+        tile.mkdir(parents=True)
+        for band in "grizy":
+            (tile / f"DESJ022640.4160-154120.0040_{band}.fits").write_bytes(b"x" * 2880)
+        (base / job_id / "summary.json").write_text("{}")
+        (base / f"{job_id}.log").write_text("done\n")
+        (base / f"{job_id}.tar.gz").write_bytes(b"x" * 1000)
+        jobs.append({"job_id": job_id, "job_type": "cutout", "job_name": f"cutouts {i}", "job_status": "success",
+                     "job_time_start": "2026-11-24 23:50:00", "job_time_complete": "2026-11-24 23:59:00",
+                     "expiration_date": "2026-12-08 23:59:00", "query_files": [], "cutout_files": []})
+    return {"jobs": jobs, "fits": ACCOUNT_JOBS * 5}
+
+
+def rclone_version() -> str:
+    try:
+        return subprocess.run(["rclone", "version"], capture_output=True, text=True, timeout=30).stdout.split()[1]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def mib_s(nbytes: int, secs: float) -> float:
+    return nbytes / max(secs, 1e-9) / MiB
+
+
+def parallel_curl(url: str, size: int, streams: int) -> float:
+    """Seconds for `streams` curl range downloads of the file's parts, all at once (from their start to the end
+    of the last): what the link itself carries."""
+    part = -(-size // streams)
+    started = time.monotonic()
+    procs = [subprocess.Popen(["curl", "-s", "-f", "-o", "/dev/null", "-w", "%{size_download}", "-r",
+                               f"{i * part}-{min(size, (i + 1) * part) - 1}", url], stdout=subprocess.PIPE, text=True)
+             for i in range(streams)]
+    got = sum(int(float(p.communicate(timeout=1800)[0] or 0)) for p in procs)
+    secs = time.monotonic() - started
+    assert got == size, f"parallel curl got {got} of {size} bytes"
+    return secs
+
+
+def aria2c(url: str, dest: Path, size: int) -> float:
+    """Seconds for aria2c -x16 -s16 to download the file (the process, start to end)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    subprocess.run(["aria2c", "-x16", "-s16", "-q", "--file-allocation=none", "--allow-overwrite=true",
+                    "--auto-file-renaming=false", "-d", str(dest), "-o", "big.bin", url],
+                   check=True, capture_output=True, timeout=1800)
+    secs = time.monotonic() - started
+    assert (dest / "big.bin").stat().st_size == size
+    shutil.rmtree(dest)
+    return secs
+
+
+# rclone's mount of the same files as a user would tune it for big sequential reads (rclone 1.60, Debian 12):
+# the whole-file cache with a long read-ahead, a large buffer, chunks of 16 MiB and 16 streams; rclone's
+# multi-thread streams serve `rclone copy`, its mount reads a file over one stream at a time.
+RCLONE_TUNED = ["--vfs-cache-mode", "full", "--vfs-read-ahead", "512M", "--buffer-size", "64M",
+                "--vfs-read-chunk-size", "16M", "--multi-thread-streams", "16"]
+
+
+def rclone_read(url: str, where: Path, size: int, *options: str) -> float:
+    """Seconds to read the file big.bin through an rclone mount (`:http:` remote on the job folder's HTML
+    listing), from its open to the last byte, on a fresh mount."""
+    where.mkdir(parents=True)
+    log = where.with_suffix(".log")
+    proc = subprocess.Popen(["rclone", "mount", ":http:", str(where), "--http-url", url, "--read-only",
+                             "--cache-dir", str(where.with_suffix(".cache")), "--log-file", str(log), *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(where):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rclone mount failed: {log.read_text(errors='replace')[-500:]}")
+            time.sleep(0.05)
+        n, secs, _ = read_file(where / "big.bin")
+        assert n == size, f"rclone read {n} of {size} bytes"
+        return secs
+    finally:
+        subprocess.run(["fusermount3", "-u", str(where)], capture_output=True)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def random_reads(path: Path, offsets: list[int], threads: int) -> float:
+    """Seconds for `threads` threads to read RANDOM_READ bytes at each of `offsets` (shared out), each thread
+    with a file of its own opened before the timer."""
+    import concurrent.futures
+
+    shares = [offsets[i::threads] for i in range(threads)]
+    fds = [os.open(path, os.O_RDONLY) for _ in range(threads)]
+
+    def run(fd: int, share: list[int]) -> None:
+        for off in share:
+            assert len(os.pread(fd, RANDOM_READ, off)) == RANDOM_READ
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            started = time.monotonic()
+            for f in [pool.submit(run, fd, share) for fd, share in zip(fds, shares, strict=True)]:
+                f.result()
+            return time.monotonic() - started
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def measure_link(nginx, link, work: Path, user: str, size_mib: int, delay: float, rate: float) -> dict:
+    """The far-link section: everything through one link (`link`) with `delay` each way and `rate` per connection."""
+    import random
+
+    from fakeapi import FakeApi
+
+    size = size_mib * MiB
+    data = build_link_data(work / "root", user, size_mib)
+    os.sync()
+    files = LatencyProxy(nginx.port, delay, rate, link=link).start()
+    api = FakeApi({user: ACCOUNT_PASSWORD}, {user: data["jobs"]}).start()
+    api_proxy = LatencyProxy(api.server_address[1], delay, rate, link=link).start()
+    base = f"http://127.0.0.1:{files.port}/files-desaccess/"
+    job_url = f"{base}{user}/cutout/{LINK_JOB}/"
+    res: dict = {"delay_ms": delay * 1000, "rate_mb_s": rate / 1e6, "link_mb_s": link.rate / 1e6, "file_mib": size_mib}
+    try:
+        print("[link] its capacity: 16 curl range downloads at once ...", flush=True)
+        res["link_capacity_mib_s"] = mib_s(size, parallel_curl(job_url + "big.bin", size, 16))
+
+        print("[link] aria2c -x16 -s16 ...", flush=True)
+        conns = files.connections
+        res["aria2c_mib_s"] = mib_s(size, aria2c(job_url + "big.bin", work / "aria2c", size))
+        res["aria2c_connections"] = files.connections - conns
+
+        for label, options in (("rclone", []), ("rclone_tuned", RCLONE_TUNED)):
+            print(f"[link] {label.replace('_', ' ')} mount, sequential read ...", flush=True)
+            conns = files.connections
+            res[f"{label}_mib_s"] = mib_s(size, rclone_read(job_url, work / f"link-{label}", size, *options))
+            res[f"{label}_connections"] = files.connections - conns
+        res["rclone_tuned_options"] = " ".join(RCLONE_TUNED)
+
+        print("[link] desfs sequential read ...", flush=True)
+        m = Mount(job_url, work / "link-seq")
+        try:
+            os.stat(m.path / "big.bin")
+            conns = files.connections
+            n, secs, _ = read_file(m.path / "big.bin")
+            assert n == size, f"desfs read {n} of {size} bytes"
+            res["desfs_mib_s"] = mib_s(size, secs)
+            res["desfs_connections"] = files.connections - conns
+            res["desfs_peak_rss_mib"] = m.peak_rss_mib()
+        finally:
+            m.close()
+
+        rng = random.Random(11)
+        blocks = rng.sample(range(SPARSE_GIB * 1024), RANDOM_ONE + RANDOM_EACH * RANDOM_THREADS)  # no MiB twice
+        offsets = [b * MiB + rng.randrange(0, MiB - RANDOM_READ + 1, 4096) for b in blocks]
+        for threads, share in ((1, offsets[:RANDOM_ONE]), (RANDOM_THREADS, offsets[RANDOM_ONE:])):
+            print(f"[link] cold random 64 KiB reads, {threads} thread(s) ...", flush=True)
+            m = Mount(job_url, work / f"link-random{threads}")
+            try:
+                os.stat(m.path / "sparse.bin")
+                mark = nginx.mark()
+                secs = random_reads(m.path / "sparse.bin", share, threads)
+                fetched = sum(r[4] for r in nginx.requests_since(mark) if r[1].endswith("/sparse.bin"))
+                res[f"random{threads}_reads_s"] = len(share) / secs
+                res[f"random{threads}_kib_per_read"] = fetched / len(share) / 1024
+            finally:
+                m.close()
+
+        print("[link] desfs get of the file ...", flush=True)
+        dest = work / "link-get"
+        dest.mkdir()
+        started = time.monotonic()
+        subprocess.run([*DESFS, "get", job_url + "big.bin", str(dest), "-q"], check=True,
+                       capture_output=True, timeout=3600)
+        res["get_mib_s"] = mib_s(size, time.monotonic() - started)
+        got = [p for p in dest.rglob("*") if p.is_file()]
+        assert [p.stat().st_size for p in got] == [size], got
+        shutil.rmtree(dest)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DESACCESS_")}
+        home = work / "link-home"
+        home.mkdir()
+        env.update(HOME=str(home), DESACCESS_USER=user, DESACCESS_PASSWORD=ACCOUNT_PASSWORD)
+        account = ("--api-url", f"http://127.0.0.1:{api_proxy.port}/desaccess/api", "--files-url", base)
+        print(f"[link] account of {ACCOUNT_JOBS} jobs: cold ls -l cutout ...", flush=True)
+        mark = nginx.mark()  # the requests counted include the mount's own (the job list is the API's)
+        m = Mount(None, work / "link-account-ls", *account, env=env)
+        try:
+            res["account_mount_s"] = m.start_s
+            started = time.monotonic()
+            out = subprocess.run(["ls", "-l", str(m.path / "cutout")], capture_output=True, text=True,
+                                 check=True, timeout=600).stdout
+            res["account_ls_s"] = time.monotonic() - started
+            res["account_ls_requests"] = len(nginx.requests_since(mark))
+            res["account_ls_entries"] = ls_entries(out)[0]
+            assert res["account_ls_entries"] == 3 * ACCOUNT_JOBS, f"ls -l cutout: {res['account_ls_entries']} entries"
+        finally:
+            m.close()
+        print(f"[link] account of {ACCOUNT_JOBS} jobs: cold find -name '*.fits' ...", flush=True)
+        mark = nginx.mark()
+        m = Mount(None, work / "link-account-find", *account, env=env)
+        try:
+            started = time.monotonic()
+            out = subprocess.run(["find", str(m.path), "-name", "*.fits"], capture_output=True, text=True,
+                                 check=True, timeout=600).stdout
+            res["account_find_s"] = time.monotonic() - started
+            res["account_find_requests"] = len(nginx.requests_since(mark))
+            res["account_find_files"] = len(out.splitlines())
+            assert res["account_find_files"] == data["fits"], f"find found {res['account_find_files']} FITS files"
+        finally:
+            m.close()
+
+        print("[link] cutout job of 1040 folders: cold find ...", flush=True)
+        mark = nginx.mark()  # with the root's listing, made while mounting (one round trip, not timed)
+        m = Mount(f"{base}{user}/cutout/{TILES_JOB}/", work / "link-tiles")
+        try:
+            started = time.monotonic()
+            out = subprocess.run(["find", str(m.path)], capture_output=True, text=True, check=True,
+                                 timeout=600).stdout
+            res["tiles_find_s"] = time.monotonic() - started
+            res["tiles_find_requests"] = len(nginx.requests_since(mark))
+            res["tiles_find_entries"] = len(out.splitlines()) - 1  # not the mount point itself
+            on_disk = tree_entries(work / "root" / "files-desaccess" / user / "cutout" / TILES_JOB)
+            assert res["tiles_find_entries"] == on_disk, f"find listed {res['tiles_find_entries']} of {on_disk}"
+        finally:
+            m.close()
+    finally:
+        api_proxy.stop()
+        api.stop()
+        files.stop()
+    return res
+
+
+# (key, label, the issue's today, target: a figure, or a function of the run's figures; True when higher is better)
+LINK_ROWS = [
+    ("link_capacity_mib_s", "the link: 16 curl range downloads at once, MiB/s", "95", None),
+    ("aria2c_mib_s", "aria2c -x16 -s16 of the {file_mib} MiB file, MiB/s", "85", None),
+    ("rclone_mib_s", "rclone mount (defaults), sequential read, MiB/s", "-", None),
+    ("rclone_tuned_mib_s", "rclone mount (tuned: see below), sequential read, MiB/s", "-", None),
+    ("desfs_mib_s", "desfs sequential read of the {file_mib} MiB file, fresh mount, MiB/s", "44–53",
+     lambda r: (max(0.9 * r["link_capacity_mib_s"], r["aria2c_mib_s"]), True)),
+    ("desfs_connections", "desfs sequential read: connections opened", "-", None),
+    ("desfs_peak_rss_mib", "desfs sequential read: peak RSS, MiB", "-", lambda r: (256 + 64, False)),
+    ("random1_reads_s", "cold random 64 KiB reads, 1 thread, reads/s", "5.3", lambda r: (10, True)),
+    ("random1_kib_per_read", "cold random 64 KiB reads, 1 thread: KiB fetched per read", "1024", None),
+    ("random8_reads_s", "cold random 64 KiB reads, 8 threads, reads/s", "57", lambda r: (75, True)),
+    ("random8_kib_per_read", "cold random 64 KiB reads, 8 threads: KiB fetched per read", "1024", None),
+    ("get_mib_s", "desfs get of the {file_mib} MiB file, MiB/s", "~10", lambda r: (r["aria2c_mib_s"], True)),
+    ("account_mount_s", f"account of {ACCOUNT_JOBS} jobs: the mount's start (job list), s", "-", None),
+    ("account_ls_s", f"account of {ACCOUNT_JOBS} jobs: cold ls -l cutout, s", "6.8", lambda r: (1.5, False)),
+    ("account_ls_requests", "  requests to the file server, the mount's own included", "600 HEADs", None),
+    ("account_find_s", f"account of {ACCOUNT_JOBS} jobs: cold find -name '*.fits', s", "50", lambda r: (5, False)),
+    ("account_find_requests", "  requests to the file server, the mount's own included", "600 listings + HEADs",
+     None),
+    ("tiles_find_s", "cutout job of 40 tiles × 25 objects (1040 folders): cold find, s", "27",
+     lambda r: (4, False)),
+    ("tiles_find_requests", "  requests to the file server, the mount's own included", "-", None),
+]
+
+
+def link_table(res: dict) -> str:
+    lines = ["| measure | this run | issue 11: today | target | met |", "|---|---|---|---|---|"]
+    for key, label, today, target in LINK_ROWS:
+        value = res.get(key)
+        shown = "-" if value is None else f"{value:.0f}" if isinstance(value, int) else f"{value:.2f}" \
+            if value < 10 else f"{value:.1f}"
+        goal = met = ""
+        if target is not None and value is not None:
+            try:
+                figure, higher = target(res)
+            except KeyError:
+                figure = None
+            if figure is not None:
+                goal = f"{'≥' if higher else '≤'} {figure:.1f}"
+                met = "yes" if (value >= figure if higher else value <= figure) else "no"
+        lines.append(f"| {label.format(**res)} | {shown} | {today} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mib", type=int, default=256, help="size of the sequentially read file (default 256)")
@@ -398,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=9,
                    help="loopback: runs of the sequential read, median reported (default 9: curl's own speed varies)")
     p.add_argument("--far-repeats", type=int, default=3, help="far server: runs of the sequential read (default 3)")
+    p.add_argument("--link-mb", type=float, default=100, help="far link: MB/s of all connections (default 100)")
+    p.add_argument("--link-size-mib", type=int, default=512, help="far link: size of the big file (default 512)")
+    p.add_argument("--only", choices=("all", "link"), default=os.environ.get("DESFS_BENCH_ONLY", "all"),
+                   help="link: only the far-link section (a few minutes); default all (or $DESFS_BENCH_ONLY)")
     p.add_argument("--out", default="bench-results.json")
     args = p.parse_args(argv)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
@@ -407,19 +726,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="desfs-bench-"))
     nginx_proc = proxy = None
+    results: list[dict] = []
+    link_res: dict = {}
     try:
         print(f"bench: writing data under {work} ...", flush=True)
-        job, user = build_data(work / "root", args.size_mib, args.many)
-        os.sync()  # the data just written goes to disk now, not during the first measurements
+        if args.only == "all":
+            job, user = build_data(work / "root", args.size_mib, args.many)
+            os.sync()  # the data just written goes to disk now, not during the first measurements
+        else:
+            user = "bench"
+            (work / "root").mkdir()
         nginx, nginx_proc = start_nginx(str(work / "root"), work / "nginx")
-        proxy = LatencyProxy(nginx.port, args.delay_ms / 1000, args.rate_mb * 1e6).start()
-        sites = [("loopback", nginx.base_url),
-                 (f"far ({2 * args.delay_ms:.0f} ms RTT, {args.rate_mb:g} MB/s per connection)",
-                  f"http://127.0.0.1:{proxy.port}/files-desaccess/")]
-        size = args.size_mib * MiB
-        results = [measure(name, base, job, user, work, nginx, size, runs)
-                   for (name, base), runs in zip(sites, (args.repeats, args.far_repeats), strict=True)]
-        results[0].update(measure_disk_cache(nginx.base_url, job, user, work, work / "root", size))
+        if args.only == "all":
+            proxy = LatencyProxy(nginx.port, args.delay_ms / 1000, args.rate_mb * 1e6).start()
+            sites = [("loopback", nginx.base_url),
+                     (f"far ({2 * args.delay_ms:.0f} ms RTT, {args.rate_mb:g} MB/s per connection)",
+                      f"http://127.0.0.1:{proxy.port}/files-desaccess/")]
+            size = args.size_mib * MiB
+            results = [measure(name, base, job, user, work, nginx, size, runs)
+                       for (name, base), runs in zip(sites, (args.repeats, args.far_repeats), strict=True)]
+            results[0].update(measure_disk_cache(nginx.base_url, job, user, work, work / "root", size))
+        if not (shutil.which("aria2c") and shutil.which("rclone")):
+            print("bench: aria2c and rclone are needed for the far link (.ci/bench installs them): skipped",
+                  file=sys.stderr)
+        else:
+            link_res = measure_link(nginx, Link(args.link_mb * 1e6), work, user, args.link_size_mib,
+                                    args.delay_ms / 1000, args.rate_mb * 1e6)
     finally:
         if proxy:
             proxy.stop()
@@ -431,9 +763,17 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "file_mib": args.size_mib,
             "defaults": "cache 256M, block 1M, readahead 64M, 8 connections"}
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print()
-    print(table(results))
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results, "link": link_res}, indent=2))
+    if results:
+        print()
+        print(table(results))
+    if link_res:
+        print(f"\nFar link: {2 * args.delay_ms:.0f} ms RTT, {args.rate_mb:g} MB/s per connection, "
+              f"{args.link_mb:g} MB/s for all connections together; {args.link_size_mib} MiB file; every figure "
+              f"from this run, each timed from the start of the request, download or walk (the mount already made) "
+              f"to its end")
+        print(link_table(link_res))
+        print(f"(rclone tuned: {' '.join(RCLONE_TUNED)}; rclone {rclone_version()})")
     print(f"\n({meta['when']}, {meta['cpus']} CPUs, Python {meta['python']}; JSON in {args.out})")
     return 0
 
