@@ -31,6 +31,11 @@ connection paced to 16 MB/s). On both, on the same files, it measures:
 
 Every mount of (1)-(5) has a fresh disk cache of its own, so that they measure the network.
 
+  8. the far link (`--only link` runs it alone): a proxy with 40 ms each way, 16 MB/s a connection and
+     100 MB/s for all connections together, in front of nginx and of the emulated API; the link's
+     capacity, aria2c -x16, rclone mounts, desfs's sequential and cold random reads, `desfs get`, a
+     300-job account and a 1040-folder job (see measure_link and README "The far link").
+
 prints a table and writes the figures as JSON.
 """
 
