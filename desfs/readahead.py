@@ -45,8 +45,9 @@ class Prefetcher:
         self.workers = max(1, workers)
         self.target_rate = target_rate
         self.limit = 1  # fetches allowed at once; opens up once a lone fetch shows a slow stream
-        self._rated = False  # a lone fetch has been measured
+        self.rated = False  # a lone fetch has been measured
         self._active = 0
+        self._readers = 0  # readers' own fetches under way (measured)
         self._started = 0  # fetches begun so far, to tell whether one ran alone
         self._slots = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="desfs-readahead")
@@ -65,7 +66,7 @@ class Prefetcher:
                 return
             self._active += 1
             self._started += 1
-            alone, ticket = self._active == 1, self._started
+            alone, ticket = self._active + self._readers == 1, self._started
         started = time.monotonic()
         try:
             fetched = self.blocks.fetch_run(key, size, first, last, fetch)
@@ -80,6 +81,26 @@ class Prefetcher:
         if fetched and alone:
             self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
 
+    def measured(self, fetch: Fetcher) -> Fetcher:
+        """`fetch` for a reader's own fetches (not readahead's): until the link is rated, one that ran alone
+        rates it as a lone readahead fetch would, so that readahead opens as many fetches as the link needs
+        from its first request on."""
+        def run(start: int, stop: int, write) -> None:
+            with self._slots:
+                self._readers += 1
+                self._started += 1
+                alone, ticket = self._active + self._readers == 1, self._started
+            began = time.monotonic()
+            try:
+                fetch(start, stop, write)
+            finally:
+                with self._slots:
+                    self._readers -= 1
+                    alone = alone and self._started == ticket
+            if alone and not self.rated:
+                self._adapt((stop - start) / max(time.monotonic() - began, 1e-6))
+        return run
+
     def overtaken(self) -> None:
         """A reader reached blocks still queued here: allow one more fetch at once.
 
@@ -87,7 +108,7 @@ class Prefetcher:
         that overlap would never be measured, and a slow link would crawl up one
         fetch at a time instead of opening at once."""
         with self._slots:
-            if self._rated and self.limit < self.workers:
+            if self.rated and self.limit < self.workers:
                 self.limit += 1
                 log.debug("readahead: overtaken by a reader, %d fetches at once", self.limit)
                 self._slots.notify_all()
@@ -95,7 +116,7 @@ class Prefetcher:
     def _adapt(self, rate: float) -> None:
         wanted = max(1, min(self.workers, math.ceil(self.target_rate / rate)))
         with self._slots:
-            self._rated = True
+            self.rated = True
             if wanted != self.limit:
                 log.debug("readahead: %.0f MB/s per stream, %d fetches at once", rate / 1e6, wanted)
                 self.limit = wanted
@@ -115,6 +136,7 @@ class ReadStream:
                  fetch: Fetcher, min_window: int, max_window: int) -> None:
         self.blocks, self.prefetcher = blocks, prefetcher
         self.key, self.size, self.fetch = key, size, fetch
+        self._own = prefetcher.measured(fetch) if prefetcher is not None else fetch  # this reader's own fetches
         self.min_window, self.max_window = min_window, max_window
         self.window = 0  # bytes to keep fetched ahead of the reader
         self._start = 0  # where the current sequential run began
@@ -129,7 +151,7 @@ class ReadStream:
             plan = self._plan(offset, length)
         if plan:
             self._submit(*plan)
-        return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self.fetch)
+        return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self._own)
 
     def _overtaking(self, start: int, stop: int, write) -> None:
         """The fetch of a block this reader needs now, although readahead asked for it: it is
@@ -148,7 +170,11 @@ class ReadStream:
         else:
             self._start, self._high, self._requested = offset, end, 0
         run = self._high - self._start
-        self.window = 0 if run < START_AFTER * self.min_window else min(self.max_window, max(self.min_window, run))
+        if run < START_AFTER * self.min_window:
+            self.window = 0
+        else:  # as large as the run so far, and at once as large as the fetches allowed at once can fill
+            wide = 2 * self.min_window * (self.prefetcher.limit if self.prefetcher is not None else 1)
+            self.window = min(self.max_window, max(self.min_window, run, wide))
         if not self.window or self.prefetcher is None:
             return None
         target = min(self.size, self._high + self.window)
@@ -163,6 +189,8 @@ class ReadStream:
     def _part_bytes(self) -> int:
         """Bytes per readahead request: the window shared among the fetches allowed at once, 1 to 8 blocks."""
         bs = self.blocks.block_size
+        if not self.prefetcher.rated:  # one block a fetch until a lone fetch has shown the link's speed
+            return bs
         return bs * max(1, min(8, self.window // bs // self.prefetcher.limit))
 
     def _submit(self, start: int, stop: int) -> None:

@@ -113,8 +113,9 @@ class Settings:
     readahead: int = field(default=64 * MiB, metadata=option(
         CACHING, parse_size, "SIZE", "largest window fetched ahead of a sequential reader; 0 turns readahead off "
         "(default: %s, at most a quarter of --cache-size)"))
-    connections: int = field(default=8, metadata=option(
-        CACHING, count, "N", "range requests that readahead makes at once (default: %s)"))
+    connections: int = field(default=16, metadata=option(
+        CACHING, count, "N", "most range requests that readahead makes at once; how many it makes follows the "
+        "link (default: %s)"))
     xattrs: bool = field(default=True, metadata=option(
         CACHING, on_off, "on|off", "extended attributes user.desfs.* (URL, ETag, job): 'off' spares the round "
         "trip through desfs that 'ls -l' makes per name to ask for ACLs and labels (default: on)", shown="on"))

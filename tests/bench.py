@@ -770,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "file_mib": args.size_mib,
-            "defaults": "cache 256M, block 1M, readahead 64M, 8 connections"}
+            "defaults": "cache 256M, block 1M, readahead 64M, 16 connections"}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results, "link": link_res}, indent=2))
     if results:
         print()

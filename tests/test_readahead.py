@@ -259,6 +259,8 @@ def test_readahead_parts_share_the_window_among_the_fetches_allowed():
     size = 64 * MiB
     data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
     stream.window = 16 * MiB
+    assert stream._part_bytes() == 256 * KiB  # one block a request until a lone fetch rated the link
+    pre.rated = True
     assert stream._part_bytes() == 8 * 256 * KiB  # at most 8 blocks a request
     pre.limit = 4
     assert stream._part_bytes() == 8 * 256 * KiB
@@ -412,7 +414,7 @@ def test_fetches_that_overlapped_are_not_measured():
     assert wait_for(lambda: has_block(blocks, "f", 0) and has_block(blocks, "f", 1) and pre._active == 0)
     time.sleep(0.05)  # each fetch measures, or not, right after giving its slot back
     pre.close()
-    assert pre.limit == 2 and not pre._rated
+    assert pre.limit == 2 and not pre.rated
 
 
 def test_the_rate_of_a_lone_fetch_is_bytes_over_seconds():
@@ -421,7 +423,7 @@ def test_the_rate_of_a_lone_fetch_is_bytes_over_seconds():
     pre = Prefetcher(blocks, 8, target_rate=5e6)
     started = time.monotonic()
     pre.submit("f", MiB, 0, 1, Fetcher(data, delay=0.2))  # 256 KiB in 0.2 s and a little: 1.0 to 1.3 MB/s
-    assert wait_for(lambda: pre._rated)
+    assert wait_for(lambda: pre.rated)
     took = time.monotonic() - started
     pre.close()
     assert 4 <= pre.limit <= math.ceil(5e6 / (256 * KiB / took))  # 5 MB/s wanted: 4 or 5 of them
@@ -441,7 +443,7 @@ def test_a_failed_lone_fetch_measures_nothing():
     assert wait_for(lambda: called.is_set() and pre._active == 0)
     time.sleep(0.05)  # a fetch measures, or not, right after giving its slot back
     pre.close()
-    assert pre.limit == 1 and not pre._rated
+    assert pre.limit == 1 and not pre.rated
 
 
 def test_close_returns_at_once_and_nothing_is_fetched_after_it():
@@ -502,6 +504,7 @@ def test_a_range_is_split_into_whole_parts_one_request_each():
     blocks = BlockCache(64 * MiB, bs, ttl=60)
     pre = Prefetcher(blocks, 4, target_rate=1)
     stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
+    pre.rated = True  # (a rated link: parts of the window's share)
     stream.window = 4 * bs  # parts of 4 blocks (one fetch allowed at once)
     stream._submit(0, 12 * bs)
     assert wait_for(lambda: all(has_block(blocks, ("f", 16 * MiB), i) for i in range(12)))
