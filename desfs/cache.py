@@ -399,6 +399,7 @@ class LoadingCache:
 Fetcher = Callable[[int, int, Callable[[bytes], object]], None]
 
 
+PIECE = 64 * 1024  # what a read that is not part of a sequential run fetches at a time (BlockCache.view's small)
 MAPPED_MIN = 256 * 1024  # blocks this large live in memory maps of their own; smaller ones in bytearrays
 
 
@@ -524,6 +525,7 @@ class BlockCache:
         if block_size <= 0:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
+        self.piece = min(PIECE, block_size)
         self._patience = patience or (lambda nbytes: None)
         spare = min(self.SPARES_MAX, max_bytes // 16) if block_size >= MAPPED_MIN else 0
         self.spares = Spares(spare)
@@ -540,20 +542,59 @@ class BlockCache:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
         return bytes(self.view(key, size, offset, length, fetch))
 
-    def view(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> memoryview:
+    def view(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher,
+             small: bool = False) -> memoryview:
         """Like `read`, without copying when the range lies in one block: a view of the cached
-        block itself, which nobody may write to. A range across blocks is joined (one copy)."""
+        block itself, which nobody may write to. A range across blocks is joined (one copy).
+        `small`: a read that is not part of a sequential run; what no block holds is fetched in
+        pieces of PIECE bytes, about what was asked (one short request), not in whole blocks."""
         stop = min(size, offset + length)
         if offset >= stop:
             return memoryview(b"")
         bs = self.block_size
         first, last = offset // bs, (stop - 1) // bs
         cut, end = offset - first * bs, stop - last * bs
+        if small and self.piece < bs:
+            return self._view_small(key, size, offset, stop, fetch)
         if first == last:
             return memoryview(self.block(key, size, first, fetch))[cut:end]
         parts = [memoryview(self.block(key, size, i, fetch)) for i in range(first, last + 1)]
         parts[0], parts[-1] = parts[0][cut:], parts[-1][:end]
         return memoryview(bytearray().join(parts))
+
+    def _view_small(self, key: Hashable, size: int, offset: int, stop: int, fetch: Fetcher) -> memoryview:
+        """Bytes [offset, stop) from the blocks that are cached (or under way), the rest from pieces."""
+        bs, p = self.block_size, self.piece
+        parts: list[memoryview] = []
+        pos = offset
+        while pos < stop:
+            index = pos // bs
+            end = min(stop, (index + 1) * bs)
+            block = self.blocks.cached_or_waited((key, index))
+            if block is not None:
+                COUNTERS.add("block_hits")
+                parts.append(memoryview(block)[pos - index * bs:end - index * bs])
+                pos = end
+                continue
+            first, last = pos // p, -(-end // p)
+            pieces: dict[int, Any] = {}
+            while len(pieces) < last - first:
+                missing = []
+                for n in range(first, last):
+                    if n not in pieces:
+                        found = self.blocks.cached_or_waited((key, n, p))
+                        if found is None:
+                            missing.append(n)
+                        else:
+                            pieces[n] = found
+                if missing:
+                    COUNTERS.add("block_misses")
+                    pieces.update(self._fill(key, size, missing[0], missing[-1] + 1, fetch, unit=p))
+            for n in range(first, last):
+                lo, hi = max(pos, n * p), min(end, (n + 1) * p)
+                parts.append(memoryview(pieces[n])[lo - n * p:hi - n * p])
+            pos = end
+        return parts[0] if len(parts) == 1 else memoryview(bytearray().join(parts))
 
     def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytearray:
         """Block `index` of the file, fetched once however many readers want it: cached, or waited for
@@ -572,15 +613,18 @@ class BlockCache:
         """Fetch the blocks [first, last) that are neither cached nor under way; returns how many (readahead)."""
         return len(self._fill(key, size, first, last, fetch))
 
-    def _fill(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> dict[int, Any]:
+    def _fill(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher,
+              unit: int | None = None) -> dict[int, Any]:
         """The one path by which blocks come into the cache: claims the blocks [first, last) that are
         neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
         hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
         blocks it fetched. Errors are handed to the waiters of the blocks not yet delivered, and raised.
+        `unit`: pieces of this size instead of blocks (keys (file, n, unit), see `view`'s `small`).
         """
-        bs = self.block_size
+        bs = unit or self.block_size
+        ident = (lambda i: (key, i)) if unit is None else (lambda i: (key, i, unit))
         last = min(last, -(-size // bs))
-        claimed = [i for i in range(first, last) if self.blocks.claim((key, i), self._patience((i - first + 1) * bs))]
+        claimed = [i for i in range(first, last) if self.blocks.claim(ident(i), self._patience((i - first + 1) * bs))]
         runs: list[list[int]] = []
         for i in claimed:
             if runs and runs[-1][-1] == i - 1:
@@ -591,7 +635,7 @@ class BlockCache:
 
         def deliver(i: int, block: Any) -> None:
             filled[i] = block
-            self.blocks.fulfil((key, i), block)
+            self.blocks.fulfil(ident(i), block)
 
         for n, run in enumerate(runs):
             splitter = _BlockWriter(size, bs, run, deliver, self.spares.take)
@@ -602,11 +646,11 @@ class BlockCache:
                     raise RuntimeError(f"fetch of blocks {run[0]}..{run[-1]} ended {short} blocks short")
             except BaseException as exc:
                 for i in splitter.pending + [i for later in runs[n + 1:] for i in later]:
-                    self.blocks.fail((key, i), exc)
+                    self.blocks.fail(ident(i), exc)
                 if isinstance(exc, OverDelivery):  # the blocks it did deliver are suspect too
                     for i in run:
                         if filled.pop(i, None) is not None:
-                            self.blocks.discard((key, i))
+                            self.blocks.discard(ident(i))
                 raise
         return filled
 

@@ -25,6 +25,7 @@ from desfs.cache import BlockCache, Fetcher
 log = logging.getLogger(__name__)
 
 START_AFTER = 4  # a sequential run gets readahead once it has covered this many min_windows
+SMALL_RUN = 256 * 1024  # a run that starts inside a file is read in small pieces until it is longer than this
 
 
 class Prefetcher:
@@ -149,9 +150,13 @@ class ReadStream:
         with self._lock:
             asked = self.window > 0 and self._start <= offset < self._requested  # readahead has asked for it
             plan = self._plan(offset, length)
+            # A read that jumped inside the file (not a sequential run yet, nor the file's start, where
+            # sequential readers and header readers begin) fetches about what it asks: one round trip.
+            small = self._start > 0 and self._high - self._start <= SMALL_RUN
         if plan:
             self._submit(*plan)
-        return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self._own)
+        return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self._own,
+                                small=small)
 
     def _overtaking(self, start: int, stop: int, write) -> None:
         """The fetch of a block this reader needs now, although readahead asked for it: it is
