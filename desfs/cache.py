@@ -563,37 +563,40 @@ class BlockCache:
         return memoryview(bytearray().join(parts))
 
     def _view_small(self, key: Hashable, size: int, offset: int, stop: int, fetch: Fetcher) -> memoryview:
-        """Bytes [offset, stop) from the blocks that are cached (or under way), the rest from pieces."""
+        """Bytes [offset, stop) from the blocks that are cached (or under way), the rest from pieces, the
+        missing ones fetched with one request."""
         bs, p = self.block_size, self.piece
-        parts: list[memoryview] = []
-        pos = offset
-        while pos < stop:
-            index = pos // bs
-            end = min(stop, (index + 1) * bs)
+        spans: list[tuple[int, int, Any]] = []  # (start, stop, the block holding them, or None: pieces)
+        for index in range(offset // bs, (stop - 1) // bs + 1):
+            lo, hi = max(offset, index * bs), min(stop, (index + 1) * bs)
             block = self.blocks.cached_or_waited((key, index))
             if block is not None:
                 COUNTERS.add("block_hits")
-                parts.append(memoryview(block)[pos - index * bs:end - index * bs])
-                pos = end
+            spans.append((lo, hi, block))
+        wanted = sorted({n for lo, hi, block in spans if block is None for n in range(lo // p, -(-hi // p))})
+        pieces: dict[int, Any] = {}
+        while True:
+            missing = []
+            for n in wanted:
+                if n not in pieces:
+                    found = self.blocks.cached_or_waited((key, n, p))
+                    if found is None:
+                        missing.append(n)
+                    else:
+                        pieces[n] = found
+            if not missing:
+                break
+            COUNTERS.add("block_misses")
+            pieces.update(self._fill(key, size, missing[0], missing[-1] + 1, fetch, unit=p))
+        parts: list[memoryview] = []
+        for lo, hi, block in spans:
+            if block is not None:
+                base = lo - lo % bs
+                parts.append(memoryview(block)[lo - base:hi - base])
                 continue
-            first, last = pos // p, -(-end // p)
-            pieces: dict[int, Any] = {}
-            while len(pieces) < last - first:
-                missing = []
-                for n in range(first, last):
-                    if n not in pieces:
-                        found = self.blocks.cached_or_waited((key, n, p))
-                        if found is None:
-                            missing.append(n)
-                        else:
-                            pieces[n] = found
-                if missing:
-                    COUNTERS.add("block_misses")
-                    pieces.update(self._fill(key, size, missing[0], missing[-1] + 1, fetch, unit=p))
-            for n in range(first, last):
-                lo, hi = max(pos, n * p), min(end, (n + 1) * p)
-                parts.append(memoryview(pieces[n])[lo - n * p:hi - n * p])
-            pos = end
+            for n in range(lo // p, -(-hi // p)):
+                a, b = max(lo, n * p), min(hi, (n + 1) * p)
+                parts.append(memoryview(pieces[n])[a - n * p:b - n * p])
         return parts[0] if len(parts) == 1 else memoryview(bytearray().join(parts))
 
     def block(self, key: Hashable, size: int, index: int, fetch: Fetcher) -> bytearray:

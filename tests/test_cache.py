@@ -407,3 +407,92 @@ def test_expired_blocks_lend_their_memory_too():
     clock.now += 11
     assert cache.blocks.current_size == 0  # expired
     assert cache.spares.spare_bytes == 2 * MAPPED_MIN
+
+
+# -- small reads: pieces of PIECE bytes instead of whole blocks (BlockCache.view(small=True)) --
+
+@settings(max_examples=200, deadline=None)
+@given(offset=st.integers(0, 9000), length=st.integers(0, 4000), cached=st.sets(st.integers(0, 9), max_size=4))
+def test_small_reads_match_bytes_with_blocks_and_pieces_mixed(offset, length, cached):
+    from desfs import cache as cache_module
+
+    data = make_file(10_000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    cache.piece = 300  # (the module's PIECE is 64 KiB: the same code, with a size the test can cross)
+    fetch = CountingFetcher(data)
+    for b in cached:  # some whole blocks cached already: used as they are
+        cache.read("f", 10_000, b * 1000, 1, fetch)
+    before = len(fetch.calls)
+    assert bytes(cache.view("f", 10_000, offset, length, fetch, small=True)) == data[offset:offset + length]
+    for start, stop in fetch.calls[before:]:  # only pieces fetched, none inside a cached block
+        assert start % 300 == 0 and (stop % 300 == 0 or stop == 10_000)
+        assert not any(start < (b + 1) * 1000 and b * 1000 < stop and (start >= b * 1000 and stop <= (b + 1) * 1000)
+                       for b in cached)
+    assert cache_module.PIECE == 64 * 1024
+
+
+def test_a_small_read_fetches_only_the_pieces_it_touches_in_one_request_and_once():
+    data = make_file(10_000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=4000, ttl=60)
+    cache.piece = 500
+    assert bytes(cache.view("f", 10_000, 1400, 700, fetch, small=True)) == data[1400:2100]
+    assert fetch.calls == [(1000, 2500)]  # pieces 2..4: one request
+    assert bytes(cache.view("f", 10_000, 1000, 1500, fetch, small=True)) == data[1000:2500]
+    assert fetch.calls == [(1000, 2500)]  # cached pieces
+    assert bytes(cache.view("f", 10_000, 9900, 500, fetch, small=True)) == data[9900:]
+    assert fetch.calls[-1] == (9500, 10_000)  # the last piece stops at the end of the file
+    assert cache.read("f", 10_000, 1400, 700, fetch) == data[1400:2100]  # a sequential read: the whole block
+    assert fetch.calls[-1] == (0, 4000)
+    assert has_block(cache, "f", 0)
+
+
+def test_small_reads_with_a_piece_as_large_as_the_block_read_blocks():
+    data = make_file(5000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=1000, ttl=60)
+    cache.piece = 1000
+    assert bytes(cache.view("f", 5000, 1500, 10, fetch, small=True)) == data[1500:1510]
+    assert fetch.calls == [(1000, 2000)] and has_block(cache, "f", 1)
+
+
+def test_a_failed_small_read_raises_and_caches_nothing():
+    data = make_file(10_000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=4000, ttl=60)
+    cache.piece = 500
+
+    def failing(start, stop, write):
+        write(data[start:start + 600])  # one piece in, then the connection breaks
+        raise OSError(5, "injected")
+
+    with pytest.raises(OSError):
+        cache.view("f", 10_000, 0, 1500, failing, small=True)
+    fetch = CountingFetcher(data)
+    assert bytes(cache.view("f", 10_000, 0, 1500, fetch, small=True)) == data[:1500]
+    assert fetch.calls == [(500, 1500)]  # the piece delivered before the failure was kept, the others fetched
+
+
+def test_many_threads_reading_the_same_pieces_fetch_each_once():
+    data = make_file(100_000)
+    fetch = CountingFetcher(data)
+    cache = BlockCache(max_bytes=1 << 20, block_size=10_000, ttl=60)
+    cache.piece = 1000
+    wrong = []
+
+    def reader(seed):
+        import random
+
+        rnd = random.Random(seed)
+        for _ in range(200):
+            off = rnd.randrange(100_000)
+            if bytes(cache.view("f", 100_000, off, 1500, fetch, small=True)) != data[off:off + 1500]:
+                wrong.append(off)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not wrong
+    fetched = sorted(n for start, stop in fetch.calls for n in range(start // 1000, -(-stop // 1000)))
+    assert fetched == sorted(set(fetched))  # no piece fetched twice

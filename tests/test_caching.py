@@ -175,3 +175,25 @@ def test_readahead_window_limits(mount, server, sample, options, ahead):
     # what the kernel reads ahead itself (128 KiB) rounds up to one block more
     assert fetched - 24 * MiB <= ahead + MiB, f"{(fetched - 24 * MiB) / MiB:.1f} MiB fetched ahead"
     assert fetched - 24 * MiB >= (ahead // 2 if ahead else 0)
+
+
+def test_a_cold_random_read_costs_one_short_request_and_reading_on_turns_to_whole_blocks(mount, server, sample):
+    """A read that jumped inside a file fetches about what it asked (64 KiB pieces, one request), not a
+    whole block; once the reading there turns sequential, whole blocks again."""
+    rel = made_up_file(server, sample, 64 * MiB)
+    m = mount(sample.url(server.base_url))
+    os.stat(m.path / rel)
+    set_kernel_readahead(m.path, 128)
+    with open(m.path / rel, "rb", buffering=0) as f:
+        for offset in (37 * MiB + 4096, 11 * MiB + 192 * 1024, 50 * MiB - 32 * 1024):  # the last crosses a block edge
+            before = len(ranges_asked(server, "huge.bin"))
+            assert os.pread(f.fileno(), 65536, offset) == pattern_bytes(offset, offset + 65536)
+            quiet(server)
+            asked = ranges_asked(server, "huge.bin")[before:]
+            assert len(asked) == 1, asked
+            first, last = asked[0]
+            assert first <= offset and last + 1 >= offset + 65536 and last + 1 - first <= 192 * 1024, asked
+        before = len(ranges_asked(server, "huge.bin"))
+        read_sequentially(f, 20 * MiB, 22 * MiB)
+        quiet(server)
+    assert any(last + 1 - first >= MiB for first, last in ranges_asked(server, "huge.bin")[before:])

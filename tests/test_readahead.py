@@ -518,3 +518,89 @@ def test_an_empty_read_at_the_start_then_one_within_the_slack_are_one_run():
     stream.read(100 * KiB, 10)
     pre.close()
     assert (stream._start, stream._high) == (0, 100 * KiB + 10)
+
+
+def test_a_read_that_jumped_inside_the_file_fetches_pieces_until_its_run_passes_SMALL_RUN():
+    from desfs.cache import PIECE
+    from desfs.readahead import SMALL_RUN
+
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    assert (PIECE, SMALL_RUN) == (64 * KiB, 256 * KiB)
+    off = 5 * MiB + 3000  # a jump: pieces, about what was asked
+    assert stream.read(off, 64 * KiB) == data[off:off + 64 * KiB]
+    assert fetch.calls == [(5 * MiB, 5 * MiB + 128 * KiB)]  # two pieces (the read crosses one edge), one request
+    for pos in range(off + 64 * KiB, off + 256 * KiB, 64 * KiB):  # the run continues: pieces up to SMALL_RUN
+        assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+    assert all(b - a <= 128 * KiB for a, b in fetch.calls)
+    pos = off + 256 * KiB  # past SMALL_RUN: whole blocks
+    assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+    assert fetch.calls[-1] == (5 * MiB, 6 * MiB)
+    pre.close()
+
+
+def test_reads_from_the_start_of_a_file_fetch_whole_blocks():
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    assert stream.read(0, 2880) == data[:2880]  # a header, a sequential reader: the file's first block
+    assert fetch.calls == [(0, MiB)]
+    pre.close()
+
+
+def test_cold_random_reads_fetch_about_what_they_ask():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    rng = random.Random(3)
+    for _ in range(40):
+        off = rng.randrange(1, size - 64 * KiB)
+        assert stream.read(off, 64 * KiB) == data[off:off + 64 * KiB]
+    pre.close()
+    big = [(a, b) for a, b in fetch.calls if b - a > 128 * KiB]
+    assert len(fetch.calls) - len(big) <= 40, fetch.calls  # one request each (or none: a piece fetched before)
+    assert len(big) <= 3, big  # (a read within a block of the one before continues its run: a whole block)
+    assert fetch.fetched() <= 40 * 128 * KiB + 3 * MiB  # not 40 blocks of 1 MiB
+
+
+def test_a_readers_own_lone_fetch_rates_the_link_before_readahead_starts():
+    size = 16 * MiB
+    data = random.Random(21).randbytes(size)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=5e6)
+    stream = ReadStream(blocks, pre, ("f", size), size, Fetcher(data, delay=0.2), min_window=256 * KiB,
+                        max_window=4 * MiB)
+    assert stream.read(0, 4096) == data[:4096]  # the reader's own fetch: 256 KiB in 0.2 s and a little
+    assert stream.window == 0 and pre.rated and 4 <= pre.limit <= 5
+    pre.close()
+
+
+def test_own_fetches_that_overlapped_another_do_not_rate_the_link():
+    size = 16 * MiB
+    data = random.Random(22).randbytes(size)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=1e12)
+    own = pre.measured(fetch)
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(blocks.read("f", size, i * 256 * KiB, 10, own)))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: fetch.running == 2)
+    fetch.gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 2 and not pre.rated and pre.limit == 1
+    pre.close()
+
+
+def test_once_rated_the_window_opens_at_once_to_two_min_windows_per_fetch_allowed():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
+    pre.rated, pre.limit = True, 6
+    for off in range(0, 4 * 256 * KiB, 256 * KiB):
+        stream.read(off, 256 * KiB)
+    assert stream.window == 2 * 256 * KiB * 6  # not the run's 1 MiB
+    pre.limit = 100
+    stream.read(4 * 256 * KiB, 256 * KiB)
+    assert stream.window == 16 * MiB  # never beyond the cap
+    pre.close()
