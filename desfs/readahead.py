@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 
 from desfs.cache import BlockCache, Fetcher
@@ -39,12 +39,29 @@ class Prefetcher:
     busy CPU they look slow for want of CPU, not of network. A reader that
     reaches blocks still waiting in the queue (`overtaken`) shows that the
     fetches allowed are too few for it, whatever their rate: one more is allowed.
+
+    A link shared by all connections fills up before each stream's rate says it
+    should: the total rate of readahead is measured over each PERIOD in which
+    fetches waited for a slot (the limit held them back), and once more than one
+    fetch is allowed, a quarter fewer are tried; when that costs less than
+    1/GAIN of the total rate, the link was full and the fewer stay (and fewer
+    again are tried), else the limit goes back and stays for HOLD seconds.
     """
 
-    def __init__(self, blocks: BlockCache, workers: int, target_rate: float = 200e6) -> None:
+    PERIOD = 1.0  # seconds over which the total rate is measured
+    GAIN = 1.1  # a quarter fewer fetches that keep the rate within this factor: the link is full
+    HOLD = 30.0  # seconds a limit that fewer fetches could not match is kept before trying again
+
+    def __init__(self, blocks: BlockCache, workers: int, target_rate: float = 200e6,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.blocks = blocks
         self.workers = max(1, workers)
         self.target_rate = target_rate
+        self._clock = clock
+        self._period: list = [None, 0, False]  # start, bytes fetched, whether a fetch waited for a slot
+        self._tried: tuple[int, float] | None = None  # (limit, best total rate) before fewer were tried
+        self._hold_until = 0.0
+        self._steady = False  # the last period was held back too (not the ramp of a new run)
         self.limit = 1  # fetches allowed at once; opens up once a lone fetch shows a slow stream
         self.rated = False  # a lone fetch has been measured
         self._active = 0
@@ -62,6 +79,7 @@ class Prefetcher:
     def _run(self, key, size, first, last, fetch) -> None:
         with self._slots:
             while self._active >= self.limit and not self._closed:
+                self._period[2] = True
                 self._slots.wait(0.5)
             if self._closed:  # closed while waiting for a slot: nobody will read these blocks
                 return
@@ -81,6 +99,38 @@ class Prefetcher:
                 self._slots.notify()
         if fetched and alone:
             self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
+        if fetched:
+            self.measure(fetched * self.blocks.block_size, self._clock())
+
+    def measure(self, nbytes: int, now: float) -> None:
+        """`nbytes` more were fetched by readahead; at the end of each PERIOD, the total rate steers the limit."""
+        with self._slots:
+            period = self._period
+            if period[0] is None:
+                period[:] = [now, 0, False]
+            period[1] += nbytes
+            elapsed = now - period[0]
+            if elapsed < self.PERIOD:
+                return
+            rate, held_back = period[1] / elapsed, period[2]
+            period[:] = [now, 0, False]
+            if not held_back or not self.rated:  # the reader set the pace, not the limit
+                self._steady = False
+                return
+            tried, self._tried = self._tried, None
+            if tried is not None:
+                more, before = tried
+                if rate * self.GAIN < before:  # fewer fetches cost: the link was not full
+                    self.limit = more
+                    self._hold_until = now + self.HOLD
+                    self._slots.notify_all()
+                    return
+                log.debug("readahead: the link is full at %.0f MB/s: %d fetches at once, not %d",
+                          rate / 1e6, self.limit, more)
+            if self._steady and self.limit > 1 and now >= self._hold_until:  # try a quarter fewer
+                self._tried = (self.limit, max(rate, tried[1] if tried else 0.0))  # (against the best rate seen)
+                self.limit -= max(1, self.limit // 4)
+            self._steady = True
 
     def measured(self, fetch: Fetcher) -> Fetcher:
         """`fetch` for a reader's own fetches (not readahead's): until the link is rated, one that ran alone

@@ -245,6 +245,7 @@ def test_the_window_opens_after_a_run_of_START_AFTER_min_windows_and_doubles_up_
 
     size = 64 * MiB
     data, fetch, stream, pre = make(size, block=256 * KiB, max_window=8 * MiB)
+    pre.rated = True  # one fetch at once on a fast link: the window is the run's
     windows = []
     for off in range(0, 16 * MiB, 256 * KiB):
         stream.read(off, 256 * KiB)
@@ -603,4 +604,66 @@ def test_once_rated_the_window_opens_at_once_to_two_min_windows_per_fetch_allowe
     pre.limit = 100
     stream.read(4 * 256 * KiB, 256 * KiB)
     assert stream.window == 16 * MiB  # never beyond the cap
+    pre.close()
+
+
+def test_a_full_link_is_met_with_fewer_fetches_and_a_link_that_is_not_keeps_them():
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 16, clock=lambda: 0.0)
+    pre.rated, pre.limit = True, 16
+    now = [0.0]
+
+    def period(rate, held_back=True):  # one PERIOD of readahead at `rate` bytes/s
+        pre.measure(0, now[0])
+        pre._period[2] = held_back
+        now[0] += pre.PERIOD
+        pre.measure(int(rate * pre.PERIOD), now[0])
+        return pre.limit
+
+    assert (pre.PERIOD, pre.GAIN, pre.HOLD) == (1.0, 1.1, 30.0)
+    assert period(50e6, held_back=False) == 16  # the reader set the pace: nothing learnt
+    assert period(60e6) == 16  # the first period held back may be a ramp: nothing tried yet
+    assert period(90e6) == 12  # a quarter fewer are tried
+    assert period(89e6) == 9  # as fast with fewer: the link is full; fewer again
+    assert period(70e6) == 12  # that cost: back, and held
+    assert period(90e6) == 12 and period(90e6) == 12  # held for HOLD seconds
+    now[0] += pre.HOLD  # (a pause: the reader set the pace meanwhile)
+    assert period(90e6) == 12  # a ramp again
+    assert period(90e6) == 9  # tried again after HOLD
+    assert period(90e6 / pre.GAIN + 1) == 7  # within GAIN of the best: 9 kept, and fewer tried
+    assert period(90e6 / pre.GAIN - 1e5) == 9  # beyond it (of the best, not of the last one): back
+    pre.close()
+
+
+def test_the_limit_is_not_steered_before_the_link_is_rated_nor_below_one():
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4)
+    now = 0.0
+    for _ in range(4):
+        pre.measure(0, now)
+        pre._period[2] = True
+        now += pre.PERIOD
+        pre.measure(10**6, now)
+    assert pre.limit == 1 and not pre.rated
+    pre.rated = True
+    for _ in range(4):
+        pre.measure(0, now)
+        pre._period[2] = True
+        now += pre.PERIOD
+        pre.measure(10**6, now)
+    assert pre.limit == 1
+    pre.close()
+
+
+def test_readahead_fetches_measure_the_total_rate(tmp_path):
+    size = 8 * MiB
+    data = random.Random(23).randbytes(size)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    times = iter([0.0, 0.5, 2.0, 9.0, 9.5, 10.0])
+    pre = Prefetcher(blocks, 1, clock=lambda: next(times))
+    fetch = Fetcher(data)
+    for i in range(3):
+        pre.submit("f", size, i, i + 1, fetch)
+        assert wait_for(lambda i=i: has_block(blocks, "f", i))
+    assert wait_for(lambda: pre._period[0] == 2.0)  # a period ended at 2.0 and a new one began
     pre.close()
