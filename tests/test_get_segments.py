@@ -207,3 +207,71 @@ def test_segments_in_a_tree_download(nginx, sample, tmp_path):
     assert_same_tree(sample.cutout_dir, tmp_path / "job")
     assert len(ranges_of(nginx.requests_since(mark), "big.bin")) >= 4
     assert not [n for _, _, fs in os.walk(tmp_path / "job") for n in fs if n.endswith(".state")]
+
+
+def test_a_file_changed_during_the_download_fails_and_is_never_mixed(own_server, tmp_path):
+    srv, folder, url = own_server
+    size = 4 * MiB
+    (folder / "data.bin").write_bytes(random.Random(3).randbytes(size))
+    os.utime(folder / "data.bin", (1_700_000_000, 1_700_000_000))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    # the look as a folder (data.bin/json) and the HEAD pass; the ranges' first tries are put off, and the
+    # file is replaced meanwhile
+    srv.faults.match, srv.faults.skip = "data.bin", 2
+    srv.faults.status, srv.faults.status_count, srv.faults.retry_after = 503, 2, "2"
+    proc = subprocess.Popen([*DESFS, "get", url + "data.bin", str(dest / "data.bin"), "-q", "-x", "2",
+                             "--segment-size", "1M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: srv.count("GET", suffix="/data.bin") >= 2, 30)
+        new = random.Random(4).randbytes(size)
+        (folder / "next").write_bytes(new)
+        os.utime(folder / "next", (1_700_000_100, 1_700_000_100))
+        os.rename(folder / "next", folder / "data.bin")
+        assert proc.wait(timeout=60) == 1, list(srv.requests)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert "failed: data.bin" in err and "changed on the server" in err
+    assert os.listdir(dest) == []  # no real name, no part of the old version left
+    srv.reset()
+    r = run_desfs("get", url + "data.bin", str(dest / "data.bin"), "-q", "-x", "2", "--segment-size", "1M")
+    assert r.returncode == 0, r.stderr
+    assert (dest / "data.bin").read_bytes() == new
+
+
+@pytest.mark.parametrize("state", [b"{not json", b'{"format": 1, "url": "http://elsewhere/big.bin", "size": %d, '
+                                   b'"mtime": %d, "missing": []}', b'{"format": 1, "url": "%s", "size": %d, '
+                                   b'"mtime": %d, "missing": [[5, 3]]}'], ids=["garbage", "other-url", "bad-range"])
+def test_a_state_file_that_does_not_hold_is_not_trusted(nginx, sample, tmp_path, state):
+    from desfs.sample import MTIME
+
+    url = big_url(sample, nginx.base_url)
+    part = tmp_path / f".big.bin.{BIG_SIZE:x}-{int(MTIME):x}.desfs-part"
+    part.write_bytes(b"\0" * BIG_SIZE)  # a part of the full size that claims to be complete
+    if b"%s" in state:
+        state = state % (url.encode(), BIG_SIZE, int(MTIME))
+    elif b"%d" in state:
+        state = state % (BIG_SIZE, int(MTIME))
+    (tmp_path / (part.name + ".state")).write_bytes(state)
+    r = run_desfs("get", url, str(tmp_path / "big.bin"), "-q", "-x", "4", "--segment-size", "1M")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "big.bin").read_bytes() == open(big_source(sample), "rb").read()
+    assert hidden(tmp_path) == []
+
+
+def test_a_free_connection_takes_over_the_end_of_a_stalled_range(server, sample, tmp_path):
+    dest = tmp_path / "big.bin"
+    server.faults.match, server.faults.stall, server.faults.stall_count = "big.bin", "after-headers", 1
+    server.faults.stall_seconds = 4.0  # the first range's answer stops after its headers for 4 s
+    r = run_desfs("get", big_url(sample, server.base_url), str(dest), "-q", "-x", "2", "--segment-size", "1M",
+                  "--timeout", "10")
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == open(big_source(sample), "rb").read()
+    got = ranges_of(server.requests, "big.bin")
+    stalled = got[0]
+    taken = [g for g in got[1:] if stalled[0] < g[0] < stalled[1]]
+    assert taken, got  # the other connection fetched parts of the stalled range meanwhile
+    assert sum(b - a for a, b in taken) >= (stalled[1] - stalled[0]) // 2
