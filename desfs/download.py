@@ -289,6 +289,7 @@ class Downloader:
                             if self._cancel.is_set() or not (ready or waiting):
                                 break
                             continue
+                        self.progress.connections = len(running)
                         done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                         for fut in done:
                             self._settle(running.pop(fut), fut, ready, outcome)
@@ -586,6 +587,7 @@ class Progress:
         self.bytes = 0
         self.files = 0
         self.failed = 0
+        self.connections = 0  # transfers in flight (the downloader keeps it up to date)
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -629,7 +631,7 @@ class Progress:
         eta = _clock(left) if left != float("inf") else "--:--"
         return (f"{pct:5.1f}%  {human(self.bytes)} of {human(self.total_bytes)}  {human(rate)}/s  "
                 f"files {self.files}/{self.total_files}" + (f"  failed {self.failed}" if self.failed else "")
-                + f"  left {eta}")
+                + (f"  connections {self.connections}" if self.connections > 1 else "") + f"  left {eta}")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -122,7 +122,8 @@ def test_an_interrupted_download_resumes_too(server, sample, tmp_path, kill_afte
     wait_for(lambda: (m := state_of(tmp_path)[1]) is not None and sum(b - a for a, b in m) < BIG_SIZE - MiB, 60)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
-    assert "interrupted" in proc.stderr.read()
+    err = proc.stderr.read()
+    assert "interrupted" in err and "connections 3" in err  # the progress shows the ranges in flight
     _, missing = state_of(tmp_path)  # saved as it stopped
     server.reset()
     r = run_desfs("get", big_url(sample, server.base_url), str(dest), "-q", "-x", "3", "--segment-size", "1M")
