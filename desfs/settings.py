@@ -56,6 +56,16 @@ def count(text: str) -> int:
     return value
 
 
+SEGMENTS_MAX = 32  # desfs get: most parallel ranges of one file (aria2c allows 16)
+
+
+def segment_count(text: str) -> int:
+    value = count(text)
+    if not 1 <= value <= SEGMENTS_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {SEGMENTS_MAX}: {text!r}")
+    return value
+
+
 def on_off(text: str) -> bool:
     value = text.strip().lower()
     if value in ("on", "yes", "true", "1"):
@@ -79,14 +89,15 @@ def _size_text(n: int) -> str:
     return str(n)
 
 
-def option(group: str, parse, metavar: str, help: str, shown: str | None = None) -> dict:
+def option(group: str, parse, metavar: str, help: str, shown: str | None = None, short: str | None = None) -> dict:
     """The metadata of a field the user may set: its option's group, parser, metavar and help
-    ("%s" in the help is replaced by the default, or by `shown`)."""
-    return {"group": group, "parse": parse, "metavar": metavar, "help": help, "shown": shown}
+    ("%s" in the help is replaced by the default, or by `shown`), and a short flag if it has one."""
+    return {"group": group, "parse": parse, "metavar": metavar, "help": help, "shown": shown, "short": short}
 
 
 # Option groups: which commands take them (cli builds each command's options from these names).
 NETWORK, LISTINGS, CACHING, ACCOUNT_MOUNT = "network", "listings", "caching", "account mount"
+DOWNLOAD = "download"  # desfs get
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,12 @@ class Settings:
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))
+    segments: int = field(default=16, metadata=option(
+        DOWNLOAD, segment_count, "N", "connections one large file is fetched over at once, each a byte range "
+        "(as aria2c -x/-s), 1 to 32; 1: one stream (default: %s)", short="-x"))
+    segment_size: int = field(default=8 * MiB, metadata=option(
+        DOWNLOAD, parse_size, "SIZE", "smallest range of a file fetched in segments: a file of at least twice "
+        "this is split, into at most --segments ranges (default: %s)"))
     # -- internal tuning (no option) --
     block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
     readahead_min: int = 1 * MiB  # first readahead window of a sequential reader
@@ -152,9 +169,10 @@ class Settings:
                 if meta["parse"] is bool:  # a switch: off by default
                     group.add_argument(_flag(f.name), dest=f.name, action="store_true", help=meta["help"])
                     continue
+                flags = [_flag(f.name)] + ([meta["short"]] if meta.get("short") else [])
                 shown = meta["shown"] or (_size_text(f.default) if meta["parse"] is parse_size else f"{f.default:g}"
                                           if isinstance(f.default, float) else str(f.default))
-                group.add_argument(_flag(f.name), dest=f.name, type=meta["parse"], default=f.default,
+                group.add_argument(*flags, dest=f.name, type=meta["parse"], default=f.default,
                                    metavar=meta["metavar"], help=meta["help"].replace("%s", shown))
 
     @classmethod

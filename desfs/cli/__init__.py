@@ -37,7 +37,7 @@ from desfs.cli.url import cmd_url
 from desfs.credentials import NoCredentials
 from desfs.errors import redact
 from desfs.mounting import MountError
-from desfs.settings import LISTINGS, NETWORK, Settings, parse_size, positive_float
+from desfs.settings import DOWNLOAD, LISTINGS, NETWORK, Settings, parse_size, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("get", help="download a job folder or file, resumably", description=(
         "Download the folder or file at SOURCE into DEST (default: a folder or file named after it), several "
         "files at once. Files already complete (size and time match) are skipped; an interrupted run leaves "
-        "hidden .desfs-part files that the next run continues."))
+        "hidden .desfs-part files that the next run continues. A large file is fetched as several ranges at once "
+        "(--segments), each resumed where it stopped."))
     g.add_argument("source", metavar="SOURCE", help="URL of a job folder, a folder below one, or a file")
     g.add_argument("dest", metavar="DEST", nargs="?", help="where to put it").complete = FILE
     g.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="downloads at once (default: 4)")
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress-every", type=positive_float, metavar="SECONDS",
                    help="seconds between progress lines when not on a terminal (default: 10)")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="log every request")
-    Settings.add_options(g, NETWORK, LISTINGS)
+    Settings.add_options(g, NETWORK, LISTINGS, DOWNLOAD)
     add_account_options(g)
 
     ls = sub.add_parser("ls", help="list a remote folder", description="List the folder at SOURCE, as ls would.")

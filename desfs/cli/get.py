@@ -34,7 +34,8 @@ def open_source(args: argparse.Namespace):
 
     def tree_at(folder_url: str) -> Tree:
         settings = Settings.from_args(args)
-        pool = max(16, getattr(args, "jobs", 1) + 4)  # the downloads at once, and the listings of a walk
+        # the transfers at once (files, or one file's segments), and the listings of a walk
+        pool = max(16, max(getattr(args, "jobs", 1), getattr(args, "segments", 1)) + 4)
         client = Client(folder_url, **{**settings.client_options(), "connections": pool})
         return Tree(client, settings)
 
@@ -90,6 +91,7 @@ def _ls_line(entry, human, tty: bool) -> str:
 
 def cmd_get(args: argparse.Namespace) -> int:
     from desfs.download import Downloader, Progress, human, plan_file, plan_tree
+    from desfs.settings import Settings
 
     tree, path, entry = open_source(args)
     try:
@@ -109,7 +111,9 @@ def cmd_get(args: argparse.Namespace) -> int:
             return 0
         progress = Progress(plan.bytes_to_fetch, len(plan.fetch), stream=None if args.quiet else sys.stderr,
                             interval=args.progress_every)
-        downloader = Downloader(tree, jobs=args.jobs, progress=progress)
+        settings = Settings.from_args(args)
+        downloader = Downloader(tree, jobs=args.jobs, progress=progress, segments=settings.segments,
+                                segment_size=settings.segment_size)
         progress.start()
         try:
             outcome = downloader.run(plan)
