@@ -126,7 +126,7 @@ class Settings:
         "(default: %s)"))
     offline: bool = field(default=False, metadata=option(
         CACHING, bool, "", "never touch the network: serve what the disk cache holds, fail the rest at once"))
-    walk_ahead: int = field(default=32, metadata=option(
+    walk_ahead: int = field(default=64, metadata=option(
         CACHING, count, "N", "listings fetched at once ahead of a program walking the tree (find, du, ls -R), and "
         ".log/.tar.gz checks of an account's jobs; 0: no listing ahead (default: %s)"))
     jobs_ttl: float = field(default=60.0, metadata=option(
