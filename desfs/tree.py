@@ -86,9 +86,7 @@ class Caches:
                                  patience=settings.patience, below=self.disk)
         self.readahead_max = settings.readahead_window
         self.prefetcher = Prefetcher(self.blocks, settings.connections) if self.readahead_max > 0 else None
-        listings = self.listings
-        self.walker = WalkAhead(settings.walk_ahead, room=lambda: listings.current_size < listings.max_size // 2,
-                                timer=timer)
+        self.walker = WalkAhead(settings.walk_ahead, budget=settings.listing_cache_size // 2, timer=timer)
 
     def close(self) -> None:
         if self.prefetcher:

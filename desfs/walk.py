@@ -12,8 +12,8 @@ walker wants next is the one being fetched. Bounds:
   read one after the other cost a few listings;
 - only below the walk's top, and only while the program goes on reading there: a walk ends
   WALK_SECONDS after the program's last folder in it, and what was still to fetch is dropped;
-- only while `room()` says the listing cache has room (desfs: half of it free), so a walk never
-  evicts listings the walker has still to read;
+- only while the listings fetched ahead that the program has not read yet hold less than
+  `budget` bytes (desfs: half the listing cache), so a walk never evicts what it has still to read;
 - nothing at all once `close()` (unmount): the threads are daemon threads, never waited for.
 
 Folders are listed through the function the tree gives (its `list_dir`), so single flight,
@@ -51,7 +51,7 @@ class _Walk:
     reads: int = 0  # folders the program has read in it
     queued: list = field(default_factory=list)  # heap of (path components, path)
     seen: set = field(default_factory=set)  # folders queued or read: never queued again
-    unread: set = field(default_factory=set)  # folders listed here that the program has not read yet
+    unread: dict = field(default_factory=dict)  # folders listed here that the program has not read yet → bytes
 
     def allowance(self) -> int:
         return min(AHEAD_MAX, START + GROWTH * self.reads)
@@ -60,8 +60,9 @@ class _Walk:
 class WalkAhead:
     """Lists ahead of the programs walking one mount's tree (see the module's text)."""
 
-    def __init__(self, workers: int, room: Callable[[], bool] = lambda: True, timer=time.monotonic) -> None:
-        self.workers, self._room, self._timer = workers, room, timer
+    def __init__(self, workers: int, budget: int | None = None, timer=time.monotonic) -> None:
+        self.workers, self.budget, self._timer = workers, budget, timer
+        self._unread_bytes = 0  # the listings of every walk's `unread`
         self._read: dict[str, float] = {}  # folder → when a program last read it
         self._walks: dict[str, _Walk] = {}  # top → its walk
         self._cv = threading.Condition()
@@ -93,7 +94,7 @@ class WalkAhead:
                 return
             walk.last = now
             walk.reads += 1
-            walk.unread.discard(path)
+            self._unread_bytes -= walk.unread.pop(path, 0)
             walk.seen.add(path)
             for name, entry in entries.items():
                 child = _join(path, name)
@@ -106,7 +107,7 @@ class WalkAhead:
     def _walk_of(self, path: str, now: float) -> _Walk | None:
         """The walk going on at or above `path` (under the lock); walks that have ended are dropped."""
         for top in [t for t, w in self._walks.items() if now - w.last >= WALK_SECONDS]:
-            del self._walks[top]
+            self._end(top)
         folder = path
         while True:
             walk = self._walks.get(folder)
@@ -115,6 +116,11 @@ class WalkAhead:
             if folder == "/":
                 return None
             folder = folder.rpartition("/")[0] or "/"
+
+    def _end(self, top: str) -> None:
+        """A walk is over: what it had still to list is dropped (under the lock)."""
+        walk = self._walks.pop(top)
+        self._unread_bytes -= sum(walk.unread.values())
 
     def _push(self, walk: _Walk, path: str) -> None:
         heapq.heappush(walk.queued, (tuple(path.split("/")), path))
@@ -130,14 +136,17 @@ class WalkAhead:
         now = self._timer()
         for top, walk in list(self._walks.items()):
             if now - walk.last >= WALK_SECONDS:
-                del self._walks[top]
+                self._end(top)
                 continue
             if walk.queued and len(walk.unread) < walk.allowance():
                 path = heapq.heappop(walk.queued)[1]
                 if path != walk.top:
-                    walk.unread.add(path)
+                    walk.unread[path] = 0
                 return walk, path
         return None
+
+    def _room(self) -> bool:
+        return self.budget is None or self._unread_bytes < self.budget
 
     def _work(self) -> None:
         while True:
@@ -162,6 +171,10 @@ class WalkAhead:
             with self._cv:
                 self._busy -= 1
                 self.listed += 1
+                if path in walk.unread and self._walks.get(walk.top) is walk:  # (else read meanwhile, or over)
+                    nbytes = getattr(entries, "nbytes", 0)
+                    walk.unread[path] = nbytes
+                    self._unread_bytes += nbytes
                 for name, entry in entries.items():
                     child = _join(path, name)
                     if getattr(entry, "is_dir", False) and child not in walk.seen:
@@ -185,6 +198,7 @@ class WalkAhead:
         with self._cv:
             self._closed = True
             self._walks.clear()
+            self._unread_bytes = 0
             self._cv.notify_all()
 
 

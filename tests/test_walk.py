@@ -130,7 +130,8 @@ def test_an_unmount_with_listings_ahead_in_flight_is_prompt(mount, job_server):
     """Listings fetched ahead that hang on the server (6 s) are not waited for at unmount: the process
     ends within 3 s. (Before: the listing threads were joined at exit.)"""
     server, job, url = job_server
-    quick = {f"/files-desaccess/{USER}/cutout/{'a' * 32}/json", f"/files-desaccess/{USER}/cutout/{'a' * 32}/DES0000+0000/json"}
+    base = f"/files-desaccess/{USER}/cutout/{'a' * 32}"
+    quick = {f"{base}/json", f"{base}/DES0000+0000/json"}
     server.delay = lambda kind, path: 6.0 if kind == "listing" and path not in quick else 0.0
     m = mount(url)
     pid = mount_pid(m)
@@ -220,3 +221,49 @@ def test_find_across_an_account_lists_jobs_at_once_each_once(mount, account):
     listed = server.asked("GET", "/json")
     assert len(listed) == len(set(listed)) == 3 * JOBS, sorted(listed)  # job, tile, object: each once
     assert 8 <= server.peak["listing"] <= 12 + 1, server.peak
+
+
+def listings_once_quiet(server, quiet: float = 1.0, limit: float = 20.0) -> int:
+    """How many listings were asked for, once that has stopped growing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = len(server.asked("GET", "/json"))
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return n
+        time.sleep(0.05)
+    raise AssertionError("listings never stopped")
+
+
+@pytest.fixture
+def wide_job(tmp_path):
+    """A job of 12 tiles of 6 objects: 85 folders."""
+    root = tmp_path / "root"
+    job = root / "files-desaccess" / USER / "cutout" / ("c" * 32)
+    big_job(job, 12, 6)
+    server = SlowServer(str(root)).start()
+    yield server, job, f"{server.base_url}{USER}/cutout/{'c' * 32}/"
+    server.stop()
+
+
+@pytest.mark.parametrize("options, most", [((), 2 + 16 + 3 * 2),
+                                           (("--walk-ahead", "2", "--listing-cache-size", "8K"), 2 + 8 + 2)],
+                         ids=["the-start-of-a-walk", "half-the-listing-cache"])
+def test_two_folders_read_by_hand_cost_a_few_listings(mount, wide_job, options, most):
+    """A folder and one of its sub-folders read by hand (a walk begins) fetch its sub-folders and a few
+    more ahead, not the job's 85: at most 16 + 3 a folder read ahead of the program, and no more than
+    half the listing cache holds (with few at once, so that the bytes can be counted before the next: 4 KiB
+    is 8 object folders' listings of 560 bytes, and 2 under way)."""
+    server, job, url = wide_job
+    m = mount(url, *options)
+    os.listdir(m.path)
+    os.listdir(m.path / "DES0000+0000")
+    n = listings_once_quiet(server)
+    assert 2 + 1 <= n <= most, n  # something ahead (its sub-folders first), a few
+    assert find(m.path) == expected_find(job)  # and a walk that goes on gets everything
+    listed = server.asked("GET", "/json")
+    assert len(set(listed)) == 1 + 12 + 72
+    if not options:  # each once (8K cannot hold the listings find needs at once: some are fetched again)
+        assert len(listed) == 1 + 12 + 72
