@@ -157,7 +157,7 @@ class WalkAhead:
                     found = self._next() if self._room() else None
                     if found is not None:
                         break
-                    self._cv.wait(1.0)
+                    self._cv.wait(30.0)  # work comes with a read (notified); time only ends walks
                 self._busy += 1
             walk, path = found
             try:
