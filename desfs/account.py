@@ -17,7 +17,6 @@ import errno
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -35,6 +34,7 @@ BY_NAME = "by-name"
 ALWAYS_SHOWN = ("cutout", "query")
 SIDECARS = {"cutout": (".log", ".tar.gz"), "query": (".log",)}
 UNFINISHED_LISTING_TTL = 10.0  # seconds: the files of a running job change
+SIDECAR_CHECKS = 8  # HEADs of .log/.tar.gz files at once, at least (else --walk-ahead)
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,13 @@ class AccountTree:
         self._refreshing = False
         self._known: dict[tuple[str, str], Job] | None = None
         self._trees: dict[tuple[str, str], Tree] = {}
-        self._sidecars = self.caches.listings  # the .log/.tar.gz of each job, within the listings' budget
+        self._sidecars = self.caches.listings  # the .log/.tar.gz of each running job, within the listings' budget
+        self._finished_sidecars: dict[tuple[str, str], Listing] = {}  # and of each finished job: they never change
+        self._sidecar_checks = max(SIDECAR_CHECKS, settings.walk_ahead)  # HEADs at once
         self._lock = threading.Lock()
-        self._heads = ThreadPoolExecutor(8, thread_name_prefix="desfs-sidecar")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
 
     def close(self) -> None:
-        self._heads.shutdown(wait=False, cancel_futures=True)
         self.caches.close()
 
     # -- the job list -------------------------------------------------------
@@ -147,6 +147,7 @@ class AccountTree:
         with self._lock:
             tree = self._trees.pop(key, None)
         self._sidecars.discard(_sidecar_key(key))
+        self._finished_sidecars.pop(key, None)
         if tree:
             tree.forget("/")
 
@@ -198,7 +199,7 @@ class AccountTree:
         job = jobs.get((job_type, parts[1]))
         if job is not None:
             return Route("job", name=parts[1], job_type=job_type, job=job, rest="/" + "/".join(parts[2:]))
-        sidecar = self._sidecar_entries(job_type, jobs).get(parts[1]) if len(parts) == 2 else None
+        sidecar = self._sidecar_entry(job_type, jobs, parts[1]) if len(parts) == 2 else None
         if sidecar is not None:
             return Route("sidecar", name=parts[1], job_type=job_type, entry=sidecar)
         raise NotFound("no such job", path)
@@ -244,10 +245,9 @@ class AccountTree:
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", path)
 
     def read_folder(self, path: str) -> dict[str, Entry]:
-        route = self._route(path)
-        if route.kind == "job":
-            return self._tree(route.key, route.job).read_folder(route.rest)
-        return self.list_dir(path)
+        entries = self.list_dir(path)
+        self.caches.walker.read(normalize(path), entries, self.list_dir)  # a walk: the next folders listed ahead
+        return entries
 
     def open(self, path: str, entry: Entry):
         tree, inner = self._file_tree(path)
@@ -309,14 +309,17 @@ class AccountTree:
     def _sidecar_entries(self, job_type: str, jobs) -> dict[str, Entry]:
         """The .log/.tar.gz files of the jobs of one type that exist (HEAD, in parallel for the unknown ones).
 
-        Kept for good once a job has finished; for a running job (whose log may appear
-        later) for as long as its listings."""
+        Kept for the life of the mount once a job has finished (outside the listing cache: never
+        evicted by a walk's listings); for a running job (whose log may appear later) for as long as
+        its listings. At most `walk_ahead` (at least SIDECAR_CHECKS) HEADs at once."""
         suffixes = SIDECARS.get(job_type, (".log",))
         out: dict[str, Entry] = {}
         missing = []
         for key, job in jobs.items():
             if key[0] == job_type:
-                known = self._sidecars.peek(_sidecar_key(key))
+                known = self._finished_sidecars.get(key)
+                if known is None:
+                    known = self._sidecars.peek(_sidecar_key(key))
                 if known is None:
                     missing.append((key, job))
                 else:
@@ -327,15 +330,26 @@ class AccountTree:
             def load(key_job) -> dict[str, Entry]:
                 key, job = key_job
                 try:
-                    return self._sidecars.get(_sidecar_key(key),
-                                              lambda: self._head_sidecars(tree, key[1], suffixes, job))
+                    found = self._sidecars.get(_sidecar_key(key),
+                                               lambda: self._head_sidecars(tree, key[1], suffixes, job))
+                    if job.finished and found.ttl == float("inf"):
+                        self._finished_sidecars[key] = found
+                    return found
                 except OSError as exc:  # not cached: tried again next time
                     log.info("could not check the sidecar files of %s: %s", key[1], exc)
                     return {}
 
-            for found in self._heads.map(load, missing):
+            for found in _parallel_map(load, missing, self._sidecar_checks):
                 out.update(found)
         return out
+
+    def _sidecar_entry(self, job_type: str, jobs, name: str) -> Entry | None:
+        """The sidecar file `name` of a job of this type, if it exists (only that job's are checked)."""
+        for suffix in SIDECARS.get(job_type, (".log",)):
+            key = (job_type, name[:-len(suffix)])
+            if name.endswith(suffix) and key in jobs:
+                return self._sidecar_entries(job_type, {key: jobs[key]}).get(name)
+        return None
 
     def _head_sidecars(self, tree: Tree, job_id: str, suffixes, job: Job) -> Listing:
         entries = []
@@ -357,6 +371,32 @@ class AccountTree:
                 name = f"{name}-{job_id[:8]}"
             links[name] = f"../{job_type}/{job_id}"
         return links
+
+
+def _parallel_map(function, items: list, workers: int) -> list:
+    """[function(item) for item in items], up to `workers` at once, in daemon threads (so that an
+    unmount never waits for one still hanging on the server, as it would for an executor's)."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    results: list = [None] * len(items)
+    todo = iter(enumerate(items))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i, item = next(todo, (None, None))
+            if i is None:
+                return
+            results[i] = function(item)
+
+    threads = [threading.Thread(target=work, name="desfs-sidecar", daemon=True)
+               for _ in range(min(workers, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def _sidecar_key(key: tuple[str, str]) -> str:

@@ -138,6 +138,9 @@ class Settings:
         "(default: %s)"))
     offline: bool = field(default=False, metadata=option(
         CACHING, bool, "", "never touch the network: serve what the disk cache holds, fail the rest at once"))
+    walk_ahead: int = field(default=64, metadata=option(
+        CACHING, count, "N", "listings fetched at once ahead of a program walking the tree (find, du, ls -R), and "
+        ".log/.tar.gz checks of an account's jobs; 0: no listing ahead (default: %s)"))
     jobs_ttl: float = field(default=60.0, metadata=option(
         ACCOUNT_MOUNT, positive_float, "SECONDS", "account mount: how often the job list is fetched again "
         "(default: %s)"))
@@ -150,8 +153,6 @@ class Settings:
     # -- internal tuning (no option) --
     block_ttl: float = 3600.0  # seconds; blocks are keyed by version, so this only bounds staleness of memory
     readahead_min: int = 1 * MiB  # first readahead window of a sequential reader
-    listing_workers: int = 4  # sub-folder listings fetched at once ahead of a recursive walk
-    listing_prefetch_max: int = 32  # sub-folders of one folder whose listings are fetched ahead
 
     # -- the command line ---------------------------------------------------
 
@@ -199,7 +200,7 @@ class Settings:
     def client_options(self) -> dict:
         """Keyword arguments of client.Client for a mount."""
         return {"timeout": self.timeout, "retries": self.retries, "ca_bundle": self.ca_bundle,
-                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS, "offline": self.offline}
+                "connections": self.connections + CLIENT_EXTRA_CONNECTIONS + self.walk_ahead, "offline": self.offline}
 
     @property
     def readahead_window(self) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
 import time
 from typing import Protocol, runtime_checkable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +21,11 @@ from desfs.errors import NotFound, Stale, TooLarge, Unreachable
 from desfs.listing import Entry, Listing
 from desfs.readahead import Prefetcher, ReadStream
 from desfs.settings import DEFAULTS, Settings
+from desfs.walk import WalkAhead
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-WALK_SECONDS = 10.0  # a folder read this soon after its parent is taken as part of a walk
 LISTING_WAIT_BYTES = 4 * MiB  # a listing's size, as far as waiting for another thread's load of it goes
 OFFLINE_LISTING_TTL = 10.0  # seconds a stored listing served while the server is unreachable is trusted
 TRIM_AFTER_BYTES = 1 * MiB  # a listing this large read: the memory its parse and the listings it evicted
@@ -87,12 +86,12 @@ class Caches:
                                  patience=settings.patience, below=self.disk)
         self.readahead_max = settings.readahead_window
         self.prefetcher = Prefetcher(self.blocks, settings.connections) if self.readahead_max > 0 else None
-        self.listers = ThreadPoolExecutor(settings.listing_workers, thread_name_prefix="desfs-listing")
+        self.walker = WalkAhead(settings.walk_ahead, budget=settings.listing_cache_size // 2, timer=timer)
 
     def close(self) -> None:
         if self.prefetcher:
             self.prefetcher.close()
-        self.listers.shutdown(wait=False, cancel_futures=True)
+        self.walker.close()
         if self.disk is not None:
             self.blocks.close()  # the blocks still being written to disk are written
             self.disk.close()
@@ -135,8 +134,6 @@ class Tree:
         self.readahead_max = self.caches.readahead_max
         self.prefix = prefix.rstrip("/")
         self.root = Entry(name="", is_dir=True, size=0, mtime=time.time())
-        self._folders_read: dict[str, float] = {}  # folder → when a program last read it
-        self._walk_lock = threading.Lock()
         self._timer = self.caches.timer
 
     def close(self) -> None:
@@ -192,37 +189,12 @@ class Tree:
         return listing
 
     def read_folder(self, path: str) -> dict[str, Entry]:
-        """list_dir for a program reading the folder (readdir): detects a walk and lists ahead.
-
-        When a folder is read soon after its parent was, a program is walking the
-        tree (ls -R, find, du, cp -r): the listings of its sibling folders and of
-        its own sub-folders are then fetched in the background, so a deep tree
-        does not pay one round trip after another. A folder read on its own costs
-        its one listing.
-        """
+        """list_dir for a program reading the folder (readdir): a walk (a folder read soon after its
+        parent) gets the folders below listed ahead of it (walk.WalkAhead)."""
         path = normalize(path)
         entries = self.list_dir(path)
-        now = self._timer()
-        parent = path.rpartition("/")[0] or "/"
-        with self._walk_lock:  # FUSE threads read folders at once
-            walking = path != "/" and now - self._folders_read.get(parent, -WALK_SECONDS) < WALK_SECONDS
-            self._folders_read[path] = now
-            if len(self._folders_read) > 10_000:
-                self._folders_read = {p: t for p, t in self._folders_read.items() if now - t < WALK_SECONDS}
-        if walking:
-            parent_entries = self.listings.peek(self._key(parent)) or {}
-            siblings = [join(parent, e.name) for e in parent_entries.values() if e.is_dir]
-            children = [join(path, e.name) for e in entries.values() if e.is_dir]
-            for folder in (children + siblings)[: self.settings.listing_prefetch_max]:
-                if folder != path and self._key(folder) not in self.listings:
-                    self.caches.listers.submit(self._prefetch_listing, folder)
+        self.caches.walker.read(path, entries, self.list_dir)
         return entries
-
-    def _prefetch_listing(self, path: str) -> None:
-        try:
-            self.list_dir(path)
-        except OSError as exc:  # whoever lists it for real meets the error
-            log.debug("listing %s ahead failed: %s", path, exc)
 
     def lookup(self, path: str) -> Entry:
         """The entry at `path`, from its parent's listing."""

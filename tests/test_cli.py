@@ -263,7 +263,7 @@ def test_stalled_server_gives_etimedout(mount, server, sample):
 # replaced. A new option must be put in one of the two.
 FORWARDED = {"debug", "timeout", "retries", "cache_size", "block_size", "listing_ttl", "readahead", "connections",
              "listing_cache_size", "options", "ca_bundle", "site", "jobs_ttl", "api_url", "files_url", "database",
-             "mountpoint", "xattrs", "disk_cache", "disk_cache_size", "offline"}
+             "mountpoint", "xattrs", "disk_cache", "disk_cache_size", "offline", "walk_ahead"}
 REPLACED = {"command", "foreground", "ready_fd", "handoff_fd", "log_file",
             "user", "source"}  # the user and password go through the pipe; a source is resolved to its URL
 
@@ -278,7 +278,7 @@ def test_background_mount_forwards_every_option(source):
 
     given = ["mount", "--debug", "--timeout", "7.5", "--retries", "5", "--cache-size", "64M", "--block-size", "512K",
              "--listing-ttl", "9", "--readahead", "8M", "--connections", "3", "-o", "allow_other", "-o", "noatime",
-             "--listing-cache-size", "48M", "--xattrs", "off",
+             "--listing-cache-size", "48M", "--xattrs", "off", "--walk-ahead", "5",
              "--disk-cache", "/var/cache/d", "--disk-cache-size", "1G", "--offline",
              "--ca-bundle", "/etc/ssl/ca.pem", "--site", "collab", "--jobs-ttl", "11", "--user", "someone",
              "--api-url", "https://api.example/", "--files-url", "https://files.example/", "--database", "desdr",

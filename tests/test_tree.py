@@ -101,7 +101,7 @@ def test_folders_read_apart_do_not_list_ahead(tree, server, clock):
     tree.read_folder("/")
     clock.now += 60
     tree.read_folder("/DES0226-1541")
-    tree.caches.listers.shutdown(wait=True)  # whatever was sent ahead has been listed
+    assert tree.caches.walker.idle()  # whatever was sent ahead has been listed
     assert server.count(suffix="/json") == 2
     tree.close()
 
