@@ -253,5 +253,7 @@ class ReadStream:
         bs = self.blocks.block_size
         first, last = start // bs, -(-stop // bs)
         part = self._part_bytes() // bs
+        if stop >= self.size:  # the file's last parts: shared among the fetches allowed, so that they end together
+            part = max(1, min(part, -(-(last - first) // self.prefetcher.limit)))
         for i in range(first, last, part):
             self.prefetcher.submit(self.key, self.size, i, min(last, i + part), self.fetch)

@@ -667,3 +667,22 @@ def test_readahead_fetches_measure_the_total_rate(tmp_path):
         assert wait_for(lambda i=i: has_block(blocks, "f", i))
     assert wait_for(lambda: pre._period[0] == 2.0)  # a period ended at 2.0 and a new one began
     pre.close()
+
+
+def test_the_last_parts_of_a_file_are_shared_among_the_fetches_allowed():
+    bs = 256 * KiB
+    size = 16 * MiB
+    data = random.Random(24).randbytes(size)
+    fetch = GatedFetcher(data)
+    fetch.gate.set()
+    blocks = BlockCache(64 * MiB, bs, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)  # (any fetch measured asks for all 4)
+    pre.rated, pre.limit = True, 4
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=bs, max_window=8 * MiB)
+    stream.window = 8 * MiB  # parts of 8 blocks (2 MiB) each elsewhere
+    stream._submit(8 * MiB, 10 * MiB)
+    stream._submit(14 * MiB, size)  # the end: 8 blocks in 4 parts of 2, not one of 8
+    assert wait_for(lambda: all(has_block(blocks, ("f", size), i) for i in [*range(32, 40), *range(56, 64)]))
+    pre.close()
+    assert sorted(fetch.calls) == [(8 * MiB, 10 * MiB), *[(14 * MiB + i * 2 * bs, 14 * MiB + (i + 1) * 2 * bs)
+                                                          for i in range(4)]]
