@@ -224,7 +224,8 @@ class DiskStore:
         self.folder = private_folder(folder)
         self._max = max_size
         self._ttl, self._timer, self._free_floor = ttl, timer, free_floor
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the index's connection, eviction, writes
+        self._uses = threading.Lock()  # _pending and _flushed (reads and touches take no other lock)
         self._pending: dict[str, tuple[str, int | None]] = {}  # name → (key text, size or None): uses not yet
         # in the index
         self._flushed = time.monotonic()
@@ -297,8 +298,9 @@ class DiskStore:
 
     def _write_uses(self) -> None:
         """Write the remembered uses to the index (inside a transaction)."""
-        pending, self._pending = self._pending, {}
-        self._flushed = time.monotonic()
+        with self._uses:
+            pending, self._pending = self._pending, {}
+            self._flushed = time.monotonic()
         if not pending:
             return
         db = self._db
@@ -313,11 +315,20 @@ class DiskStore:
             db.execute("INSERT INTO blocks (name, key, size, used, stored) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET used = excluded.used", (name, text, size, seq + i, now))
 
-    def _remember_use(self, name: str, text: str, size: int | None) -> None:
-        self._pending.pop(name, None)  # (re-inserted last: the most recent use)
-        self._pending[name] = (text, size)
-        if len(self._pending) >= FLUSH_EVERY or time.monotonic() - self._flushed > FLUSH_SECONDS:
-            self._flush()
+    def _remember_use(self, name: str, text: str, size: int | None, backlog: int = FLUSH_EVERY) -> None:
+        """Note a use of block `name` (its size, or None: as known); written to the index with the next
+        uses, once `backlog` are waiting or FLUSH_SECONDS passed, by this thread if no other holds the
+        index (a reader never waits for a writer here)."""
+        with self._uses:
+            old = self._pending.pop(name, None)  # (re-inserted last: the most recent use)
+            self._pending[name] = (text, size if size is not None or old is None else old[1])
+            due = len(self._pending) >= backlog or (
+                backlog == FLUSH_EVERY and time.monotonic() - self._flushed > FLUSH_SECONDS)
+        if due and self._lock.acquire(blocking=False):
+            try:
+                self._flush()
+            finally:
+                self._lock.release()
 
     # -- files ----------------------------------------------------------------
 
@@ -392,10 +403,12 @@ class DiskStore:
 
     def _forget(self, name: str) -> bool:
         """Remove a block's file and its row; whether the file was there."""
-        self._pending.pop(name, None)
+        with self._uses:
+            self._pending.pop(name, None)
         existed = self._unlink(name)
         try:
-            self._tx([("DELETE FROM blocks WHERE name = ?", (name,))])
+            with self._lock:
+                self._tx([("DELETE FROM blocks WHERE name = ?", (name,))])
         except sqlite3.Error as exc:
             log.warning("disk cache: could not update the index: %s", exc)
         return existed
@@ -475,7 +488,8 @@ class DiskStore:
                 if not rows:
                     break
                 for victim, vsize in rows:
-                    self._pending.pop(victim, None)
+                    with self._uses:
+                        self._pending.pop(victim, None)
                     self._unlink(victim)
                     db.execute("DELETE FROM blocks WHERE name = ?", (victim,))
                     need -= vsize
@@ -506,21 +520,21 @@ class DiskStore:
     # -- cache.Store ----------------------------------------------------------
 
     def get(self, key: Hashable) -> Any | None:
+        """The block's data, read from its file without waiting for the index (nor for a write under way)."""
         text, name = _text_and_name(key)
-        with self._lock:
-            data = self._read(name, text)
-            if data is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._remember_use(name, text, len(data))
-            return data
+        data = self._read(name, text)
+        if data is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._remember_use(name, text, len(data))
+        return data
 
     def touch(self, key: Hashable) -> None:
-        """`key` was used (from a tier above): it is now the most recently used (no disk read, no query)."""
+        """`key` was used (from a tier above): it is now the most recently used (no disk read, no query,
+        and the index written only once many such uses wait: a tier above calls this on its hits)."""
         text, name = _text_and_name(key)
-        with self._lock:
-            self._remember_use(name, text, self._pending[name][1] if name in self._pending else None)
+        self._remember_use(name, text, None, backlog=8 * FLUSH_EVERY)
 
     def put(self, key: Hashable, value: Any) -> None:
         text, name = _text_and_name(key)
@@ -529,7 +543,8 @@ class DiskStore:
             return
         with self._lock:
             try:
-                self._pending.pop(name, None)
+                with self._uses:
+                    self._pending.pop(name, None)
                 if not self._take_room(name, text, size):
                     return  # no room (a full disk, or everything pinned): served, not kept
                 try:

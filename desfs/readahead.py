@@ -242,11 +242,13 @@ class ReadStream:
         return start, target
 
     def _part_bytes(self) -> int:
-        """Bytes per readahead request: the window shared among the fetches allowed at once, 1 to 8 blocks."""
+        """Bytes per readahead request: the window shared among the fetches allowed at once (two at least),
+        1 to 8 blocks."""
         bs = self.blocks.block_size
         if not self.prefetcher.rated:  # one block a fetch until a lone fetch has shown the link's speed
             return bs
-        return bs * max(1, min(8, self.window // bs // self.prefetcher.limit))
+        return bs * max(1, min(8, self.window // bs // max(2, self.prefetcher.limit)))  # (two parts a window at
+        # least: one is fetched while the reader is in the other)
 
     def _submit(self, start: int, stop: int) -> None:
         """Split [start, stop) into parts so that the pool's workers fetch them in parallel."""

@@ -83,7 +83,8 @@ def test_readahead_starts_once_a_sequential_run_passes_4_mib(mount, server, samp
         read_sequentially(f, 3 * MiB + 512 * 1024, 8 * MiB)
         quiet(server)
         fetched = max(last + 1 for _, last in ranges_asked(server, "huge.bin"))
-        assert fetched >= 14 * MiB, f"{fetched / MiB:.2f} MiB fetched for 8 MiB read: no readahead"
+        # a window of 8 MiB, asked for in parts of at most half of it: at most one part behind
+        assert fetched >= 12 * MiB, f"{fetched / MiB:.2f} MiB fetched for 8 MiB read: no readahead"
 
 
 def test_readahead_asks_for_large_parts_on_a_fast_link(mount, server, sample):
