@@ -146,8 +146,9 @@ class TieredStore:
     budget are `lower`'s (everything kept is there).
 
     `write_behind`: values go to `lower` from a thread of its own, so that a reader never waits for a
-    disk write (at most `queue_bytes` wait to be written, served from the queue meanwhile; beyond that a
-    put waits for room). `flush` waits until every value put is in `lower`; `close` flushes."""
+    disk write (at most `queue_bytes` wait to be written, served from the queue meanwhile; a value put
+    while the queue is full is kept in `upper` only, and counted in `dropped`: reads are not slowed to
+    the disk's pace). `flush` waits until every value put is in `lower`; `close` flushes."""
 
     def __init__(self, upper: Store, lower: Store, write_behind: bool = False, queue_bytes: int = 32 << 20) -> None:
         self.upper, self.lower = upper, lower
@@ -159,6 +160,7 @@ class TieredStore:
         self._cv = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closed = False
+        self.dropped = 0  # values not written below because the queue was full
 
     def get(self, key: Hashable) -> Any | None:
         value = self.upper.get(key)
@@ -183,8 +185,9 @@ class TieredStore:
         with self._cv:
             if self._closed:
                 return
-            while self._queued + len(value) > self._queue_max and self._queue:
-                self._cv.wait(1.0)
+            if self._queued + len(value) > self._queue_max and self._queue:
+                self.dropped += 1  # the disk is slower than the reads: this one is served, not kept below
+                return
             old = self._queue.pop(key, None)
             self._queued += len(value) - (len(old) if old is not None else 0)
             self._queue[key] = value

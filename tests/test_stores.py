@@ -166,3 +166,33 @@ def test_written_behind_reaches_the_disk_and_a_new_store_finds_it(tmp_path):
     assert store.get(key) == b"v" * 300  # served at once, written or not
     store.close()
     assert DiskStore(str(tmp_path / "d"), 10_000, timer=clock).get(key) == b"v" * 300
+
+
+class SlowStore(MemoryStore):
+    """A lower tier whose puts wait for `gate` (a disk slower than the reads)."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget, 60.0, getsizeof=len)
+        self.gate = threading.Event()
+
+    def put(self, key, value) -> None:
+        self.gate.wait(10)
+        super().put(key, value)
+
+
+def test_a_full_write_queue_keeps_a_value_above_only_and_never_holds_the_reader():
+    import time
+
+    lower = SlowStore(10_000)
+    store = TieredStore(MemoryStore(10_000, 60.0, getsizeof=len), lower, write_behind=True, queue_bytes=300)
+    started = time.monotonic()
+    for i in range(5):  # 100 bytes each: the first is being written, 3 fit in the queue, the fifth does not
+        store.put(i, bytes([i]) * 100)
+    assert time.monotonic() - started < 1  # no put waited for the disk
+    assert store.dropped >= 1
+    assert all(store.get(i) == bytes([i]) * 100 for i in range(5))  # all served
+    lower.gate.set()
+    store.flush()
+    kept = [i for i in range(5) if lower.get(i) is not None]
+    assert len(kept) == 5 - store.dropped and 4 not in kept
+    store.close()
