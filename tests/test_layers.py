@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import desfs
+from conftest import parse_python
 
 PACKAGE = Path(desfs.__file__).parent
 README = PACKAGE.parent / "README.md"
@@ -66,7 +67,7 @@ def imports_of(source: str, base: str = "desfs") -> set[str]:
         dotted = f"{package}.{name}"[len("desfs."):]
         return f"desfs.{dotted}" if dotted in MODULES else f"{package}.__init__"
 
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse_python(source)):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -168,5 +169,5 @@ def test_allowed_imports_pass():
 
 def test_every_module_names_its_layer():
     for path in PACKAGE.rglob("*.py"):
-        doc = ast.get_docstring(ast.parse(path.read_text()))
+        doc = ast.get_docstring(parse_python(path.read_text()))
         assert doc, f"{path.name} has no module docstring"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import re
+
+from conftest import parse_python
 from pathlib import Path
 
 TESTS = Path(__file__).parent
@@ -22,7 +24,7 @@ def section(title: str) -> str:
 def defined_tests() -> set[tuple[str, str]]:
     found = set()
     for path in TESTS.glob("test_*.py"):
-        for node in ast.parse(path.read_text()).body:
+        for node in parse_python(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 found.add((path.name, node.name))
     return found
