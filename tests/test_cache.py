@@ -496,3 +496,37 @@ def test_many_threads_reading_the_same_pieces_fetch_each_once():
     assert not wrong
     fetched = sorted(n for start, stop in fetch.calls for n in range(start // 1000, -(-stop // 1000)))
     assert fetched == sorted(set(fetched))  # no piece fetched twice
+
+
+def test_the_piece_is_PIECE_or_the_block_when_smaller():
+    from desfs.cache import PIECE
+
+    assert BlockCache(1 << 20, 1 << 20, ttl=60).piece == PIECE
+    assert BlockCache(1 << 20, 1000, ttl=60).piece == 1000
+
+
+def test_small_reads_count_misses_and_hits():
+    from desfs.stats import COUNTERS
+
+    data = make_file(10_000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=4000, ttl=60)
+    cache.piece = 500
+    fetch = CountingFetcher(data)
+    cache.read("f", 10_000, 0, 4000, fetch)  # block 0 whole
+    before = COUNTERS.snapshot()
+    cache.view("f", 10_000, 4100, 10, fetch, small=True)  # a piece: a miss
+    cache.view("f", 10_000, 100, 10, fetch, small=True)  # in the cached block: a hit
+    after = COUNTERS.snapshot()
+    assert after.get("block_misses", 0) - before.get("block_misses", 0) == 1
+    assert after.get("block_hits", 0) - before.get("block_hits", 0) == 1
+
+
+def test_a_small_read_inside_one_block_or_piece_is_a_view_of_it_not_a_copy():
+    data = make_file(10_000)
+    cache = BlockCache(max_bytes=1 << 20, block_size=4000, ttl=60)
+    cache.piece = 500
+    fetch = CountingFetcher(data)
+    block = cache.blocks.get(("f", 0), lambda: bytearray(data[:4000]))
+    assert cache.view("f", 10_000, 100, 10, fetch, small=True).obj is block
+    view = cache.view("f", 10_000, 4100, 10, fetch, small=True)
+    assert view.obj is cache.blocks.peek(("f", 8, 500)) and bytes(view) == data[4100:4110]

@@ -687,3 +687,46 @@ def test_the_last_parts_of_a_file_are_shared_among_the_fetches_allowed():
     pre.close()
     assert sorted(fetch.calls) == [(8 * MiB, 10 * MiB), *[(14 * MiB + i * 2 * bs, 14 * MiB + (i + 1) * 2 * bs)
                                                           for i in range(4)]]
+
+
+def test_a_rated_link_is_not_rated_again_by_a_readers_own_fetch():
+    size = 16 * MiB
+    data = random.Random(25).randbytes(size)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=5e6)
+    pre.rated, pre.limit = True, 2
+    blocks.read("f", size, 0, 10, pre.measured(Fetcher(data, delay=0.2)))  # alone and slow: would ask for 4–5
+    assert pre.limit == 2
+    pre.close()
+
+
+def test_a_fetch_that_waits_for_a_slot_marks_the_period_held_back():
+    data = random.Random(26).randbytes(MiB)
+    fetch = GatedFetcher(data)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)
+    pre.submit("f", MiB, 0, 1, fetch)
+    assert wait_for(lambda: fetch.running == 1)
+    assert pre._period[2] is False
+    pre.submit("f", MiB, 1, 2, fetch)  # the limit is 1: it waits
+    assert wait_for(lambda: pre._period[2] is True)
+    fetch.gate.set()
+    assert wait_for(lambda: has_block(blocks, "f", 1))
+    pre.close()
+
+
+def test_a_full_link_is_logged(caplog):
+    import logging
+
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 16)
+    pre.rated, pre.limit = True, 16
+    now = 0.0
+    with caplog.at_level(logging.DEBUG, logger="desfs.readahead"):
+        for rate in (90e6, 90e6, 90e6):
+            pre.measure(0, now)
+            pre._period[2] = True
+            now += pre.PERIOD
+            pre.measure(int(rate), now)
+    pre.close()
+    assert "readahead: the link is full at 90 MB/s: 12 fetches at once, not 16" in caplog.text
