@@ -146,9 +146,10 @@ class TieredStore:
     budget are `lower`'s (everything kept is there).
 
     `write_behind`: values go to `lower` from a thread of its own, so that a reader never waits for a
-    disk write (at most `queue_bytes` wait to be written, served from the queue meanwhile; a value put
-    while the queue is full is kept in `upper` only, and counted in `dropped`: reads are not slowed to
-    the disk's pace). `flush` waits until every value put is in `lower`; `close` flushes."""
+    disk write (about `queue_bytes` wait to be written, served from the queue meanwhile). A put never
+    waits; whoever brings values in calls `wait_for_room` first, outside any lock of the cache, so that
+    only it is held back while the disk catches up. `flush` waits until every value put is in `lower`;
+    `close` flushes."""
 
     def __init__(self, upper: Store, lower: Store, write_behind: bool = False, queue_bytes: int = 32 << 20) -> None:
         self.upper, self.lower = upper, lower
@@ -160,7 +161,6 @@ class TieredStore:
         self._cv = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closed = False
-        self.dropped = 0  # values not written below because the queue was full
 
     def get(self, key: Hashable) -> Any | None:
         value = self.upper.get(key)
@@ -185,9 +185,6 @@ class TieredStore:
         with self._cv:
             if self._closed:
                 return
-            if self._queued + len(value) > self._queue_max and self._queue:
-                self.dropped += 1  # the disk is slower than the reads: this one is served, not kept below
-                return
             old = self._queue.pop(key, None)
             self._queued += len(value) - (len(old) if old is not None else 0)
             self._queue[key] = value
@@ -195,6 +192,15 @@ class TieredStore:
                 self._writer = threading.Thread(target=self._write, name="desfs-disk-writer", daemon=True)
                 self._writer.start()
             self._cv.notify_all()
+
+    def wait_for_room(self, nbytes: int) -> None:
+        """Wait while the values waiting to be written hold `queue_bytes` already (the disk is behind)."""
+        if not self._write_behind:
+            return
+        with self._cv:
+            while self._queued + nbytes > self._queue_max and self._queue and not self._closed \
+                    and self._writer is not None and self._writer.is_alive():
+                self._cv.wait(1.0)
 
     def _write(self) -> None:
         while True:
@@ -540,6 +546,7 @@ class BlockCache:
             below.alloc = self.spares.take
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
                                    store=store)
+        self._room = getattr(store, "wait_for_room", None)
 
     def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
@@ -641,6 +648,8 @@ class BlockCache:
 
         def deliver(i: int, block: Any) -> None:
             filled[i] = block
+            if self._room is not None:  # a disk tier behind: this fetch waits for it, nobody else does
+                self._room(len(block))
             self.blocks.fulfil(ident(i), block)
 
         for n, run in enumerate(runs):

@@ -262,7 +262,6 @@ class Tree:
         for first in range(0, count, 8):
             last = min(count, first + 8)
             self.blocks.fetch_run(key, entry.size, first, last, fetcher)
-            self.blocks.flush()  # on disk before more come: none is left out for want of room in the queue
             done(min(entry.size, last * bs) - first * bs)
 
     def readlink(self, path: str) -> str:
