@@ -8,7 +8,7 @@ of the cached blocks, so a byte is copied once on its way to the kernel.
 The seam for another tier: a LoadingCache (single-flight loads, bounded waits)
 keeps its values in a `Store` (get / put / discard per key): `MemoryStore`, and
 `TieredStore` of a memory store in front of another (diskcache.DiskStore). A
-BlockCache's keys are (FileKey, block index), and every block comes in through
+BlockCache's keys are (FileKey, index, block or piece size), and every block comes in through
 `BlockCache._fill`, for a reader and for readahead alike.
 
 Internals of others relied on here: CPython's reference counts (`sys.getrefcount`) tell
@@ -389,8 +389,7 @@ class LoadingCache:
 
     @property
     def current_size(self) -> int:
-        with self._lock:
-            return self._store.current_size
+        return self._store.current_size  # (not under the lock: a tier below may have to catch up first)
 
     @property
     def max_size(self) -> int:
@@ -579,7 +578,7 @@ class BlockCache:
         spans: list[tuple[int, int, Any]] = []  # (start, stop, the block holding them, or None: pieces)
         for index in range(offset // bs, (stop - 1) // bs + 1):
             lo, hi = max(offset, index * bs), min(stop, (index + 1) * bs)
-            block = self.blocks.cached_or_waited((key, index))
+            block = self.blocks.cached_or_waited((key, index, bs))
             if block is not None:
                 COUNTERS.add("block_hits")
             spans.append((lo, hi, block))
@@ -613,7 +612,7 @@ class BlockCache:
         """Block `index` of the file, fetched once however many readers want it: cached, or waited for
         while another reader or readahead fetches it, or fetched here (through `_fill`, as readahead)."""
         while True:
-            found = self.blocks.cached_or_waited((key, index))
+            found = self.blocks.cached_or_waited((key, index, self.block_size))
             if found is not None:
                 COUNTERS.add("block_hits")
                 return found
@@ -632,10 +631,11 @@ class BlockCache:
         neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
         hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
         blocks it fetched. Errors are handed to the waiters of the blocks not yet delivered, and raised.
-        `unit`: pieces of this size instead of blocks (keys (file, n, unit), see `view`'s `small`).
+        `unit`: pieces of this size instead of blocks (see `view`'s `small`). Every key is (file key, index,
+        size of the unit): a disk tier kept from a mount with another block size never answers for it.
         """
         bs = unit or self.block_size
-        ident = (lambda i: (key, i)) if unit is None else (lambda i: (key, i, unit))
+        ident = lambda i: (key, i, bs)  # noqa: E731 (the size in the key: a disk tier outlives a --block-size)
         last = min(last, -(-size // bs))
         claimed = [i for i in range(first, last) if self.blocks.claim(ident(i), self._patience((i - first + 1) * bs))]
         runs: list[list[int]] = []
@@ -648,9 +648,9 @@ class BlockCache:
 
         def deliver(i: int, block: Any) -> None:
             filled[i] = block
-            if self._room is not None:  # a disk tier behind: this fetch waits for it, nobody else does
-                self._room(len(block))
-            self.blocks.fulfil(ident(i), block)
+            self.blocks.fulfil(ident(i), block)  # its waiters have it at once, the disk tier's queue full or not
+            if self._room is not None:  # a disk tier behind: this fetch waits for it before bringing more
+                self._room(0)
 
         for n, run in enumerate(runs):
             splitter = _BlockWriter(size, bs, run, deliver, self.spares.take)
@@ -668,6 +668,12 @@ class BlockCache:
                             self.blocks.discard(ident(i))
                 raise
         return filled
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of blocks held in memory (the tier in front, when there is a disk tier)."""
+        store = self.blocks._store
+        return (store.upper if isinstance(store, TieredStore) else store).current_size
 
     def flush(self) -> None:
         """Wait until the store has written what it was given (a disk tier's queue)."""

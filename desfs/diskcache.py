@@ -26,7 +26,7 @@ together and a use remembered by one process never brings back a block another
 evicted. The budget is `max_size` bytes and never less than `FREE_FLOOR` of the
 file system left free.
 
-Keys are what cache.BlockCache uses, (FileKey(url, size, mtime), index), or plain
+Keys are what cache.BlockCache uses, (FileKey(url, size, mtime), index, block size), or plain
 strings and numbers; nothing else is ever written (no credentials, no tokens).
 """
 
@@ -58,6 +58,7 @@ _CRC = struct.Struct("<I")
 FREE_FLOOR = 0.10  # share of the file system the cache always leaves free
 FLUSH_EVERY = 256  # uses of blocks remembered before they are written to the index
 FLUSH_SECONDS = 2.0
+BUSY_MS = 30_000  # how long a write to the index waits for another process's
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (name TEXT PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL,
@@ -245,7 +246,7 @@ class DiskStore:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 os.close(fd)
-                db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+                db = sqlite3.connect(path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
@@ -278,12 +279,15 @@ class DiskStore:
         (seq,) = self._db.execute("UPDATE meta SET v = v + ? WHERE k = 'seq' RETURNING v", (n,)).fetchone()
         return seq - n + 1
 
-    def _flush(self) -> None:
-        """Write the remembered uses to the index (one transaction)."""
+    def _flush(self, wait: bool = True) -> None:
+        """Write the remembered uses to the index (one transaction). `wait=False`: not if another process is
+        writing the index at the moment (a reader's thread must not wait for it; the uses are then lost)."""
         if not self._pending:
             return
         db = self._db
         try:
+            if not wait:
+                db.execute("PRAGMA busy_timeout = 0")
             db.execute("BEGIN IMMEDIATE")
             try:
                 self._write_uses()
@@ -294,7 +298,15 @@ class DiskStore:
                 db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            log.warning("disk cache: could not record block uses: %s", exc)
+            with self._uses:
+                self._flushed = time.monotonic()
+            if wait:
+                log.warning("disk cache: could not record block uses: %s", exc)
+            else:
+                log.debug("disk cache: block uses not recorded (the index is busy): %s", exc)
+        finally:
+            if not wait:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
 
     def _write_uses(self) -> None:
         """Write the remembered uses to the index (inside a transaction)."""
@@ -326,7 +338,7 @@ class DiskStore:
                 backlog == FLUSH_EVERY and time.monotonic() - self._flushed > FLUSH_SECONDS)
         if due and self._lock.acquire(blocking=False):
             try:
-                self._flush()
+                self._flush(wait=False)
             finally:
                 self._lock.release()
 

@@ -114,8 +114,11 @@ class Prefetcher:
                 return
             rate, held_back = period[1] / elapsed, period[2]
             period[:] = [now, 0, False]
-            if not held_back or not self.rated:  # the reader set the pace, not the limit
-                self._steady = False
+            if elapsed > 2 * self.PERIOD and self._tried is not None:  # a pause: what was tried is not measured
+                self.limit, self._tried = self._tried[0], None
+                self._slots.notify_all()
+            if not held_back or not self.rated or elapsed > 2 * self.PERIOD:  # the reader (or a pause) set the
+                self._steady = False  # pace, not the limit
                 return
             tried, self._tried = self._tried, None
             if tried is not None:
@@ -148,7 +151,8 @@ class Prefetcher:
                 with self._slots:
                     self._readers -= 1
                     alone = alone and self._started == ticket
-            if alone and not self.rated:
+            if alone and not self.rated and stop - start >= self.blocks.block_size:  # (a small fetch's time is
+                # mostly its round trip: it would take any link for a slow one)
                 self._adapt((stop - start) / max(time.monotonic() - began, 1e-6))
         return run
 

@@ -176,7 +176,7 @@ def read_range(client, path: str, start: int, stop: int, expect) -> bytes:
 
 def has_block(cache, key, index: int) -> bool:
     """Whether a BlockCache holds block `index` of the file `key` (for tests)."""
-    return (key, index) in cache.blocks
+    return (key, index, cache.block_size) in cache.blocks
 
 
 def wait_for(condition, seconds: float = 10.0, interval: float = 0.05):

@@ -526,7 +526,7 @@ def test_a_small_read_inside_one_block_or_piece_is_a_view_of_it_not_a_copy():
     cache = BlockCache(max_bytes=1 << 20, block_size=4000, ttl=60)
     cache.piece = 500
     fetch = CountingFetcher(data)
-    block = cache.blocks.get(("f", 0), lambda: bytearray(data[:4000]))
+    block = cache.blocks.get(("f", 0, 4000), lambda: bytearray(data[:4000]))
     assert cache.view("f", 10_000, 100, 10, fetch, small=True).obj is block
     view = cache.view("f", 10_000, 4100, 10, fetch, small=True)
     assert view.obj is cache.blocks.peek(("f", 8, 500)) and bytes(view) == data[4100:4110]

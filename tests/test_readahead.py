@@ -730,3 +730,58 @@ def test_a_full_link_is_logged(caplog):
             pre.measure(int(rate), now)
     pre.close()
     assert "readahead: the link is full at 90 MB/s: 12 fetches at once, not 16" in caplog.text
+
+
+class LatencyFetcher:
+    """Each fetch costs `latency` seconds (a round trip), whatever its size."""
+
+    def __init__(self, data, latency):
+        self.data, self.latency = data, latency
+
+    def __call__(self, start, stop, write):
+        time.sleep(self.latency)
+        write(self.data[start:stop])
+
+
+def test_a_small_files_lone_fetch_does_not_rate_a_fast_link_as_slow():
+    blocks = BlockCache(64 * MiB, 1 * MiB, ttl=60)
+    pre = Prefetcher(blocks, 16, target_rate=200e6)
+    small = b"x" * 4096  # 4 KiB in 20 ms would say 0.2 MB/s: all round trip, nothing of the link's rate
+    assert blocks.read(("small", 4096), 4096, 0, 4096, pre.measured(LatencyFetcher(small, 0.02))) == small
+    assert pre.limit == 1 and not pre.rated
+    pre.close()
+
+
+def test_a_random_piece_read_does_not_rate_the_link():
+    size = 64 * MiB
+    data = random.Random(27).randbytes(size)
+    blocks = BlockCache(64 * MiB, 1 * MiB, ttl=60)
+    pre = Prefetcher(blocks, 16, target_rate=200e6)
+    stream = ReadStream(blocks, pre, ("f", size), size, LatencyFetcher(data, 0.02), min_window=1 * MiB,
+                        max_window=16 * MiB)
+    assert bytes(stream.read(10 * MiB, 4096)) == data[10 * MiB:10 * MiB + 4096]  # one 64 KiB piece
+    assert pre.limit == 1 and not pre.rated
+    pre.close()
+
+
+def test_a_period_that_spans_a_pause_is_no_baseline_for_fewer_fetches():
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 16, clock=lambda: 0.0)
+    pre.rated, pre.limit = True, 16
+    now = [0.0]
+
+    def period(rate, held_back=True):
+        pre.measure(0, now[0])
+        pre._period[2] = held_back
+        now[0] += pre.PERIOD
+        pre.measure(int(rate * pre.PERIOD), now[0])
+        return pre.limit
+
+    assert period(90e6) == 16  # one file read: the link busy, held back
+    pre._period[2] = True
+    now[0] += 60.0  # a minute later the next file: its first fetch ends a 61 s "period"
+    pre.measure(int(90e6), now[0])  # 1.5 MB/s over it: no baseline
+    assert pre.limit == 16
+    assert period(90e6) == 16  # a ramp again first
+    assert period(90e6) == 12 and period(70e6) == 16  # fewer cost against the real rate: back
+    pre.close()

@@ -7,7 +7,9 @@ BlockCache tests at the end run the block cache on top of each store.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 
 import pytest
 
@@ -218,5 +220,111 @@ def test_a_block_cache_over_a_slow_disk_tier_keeps_every_block():
     data = bytes(range(256)) * 40
     assert blocks.read("f", len(data), 0, len(data), lambda a, b, write: write(data[a:b])) == data
     blocks.flush()
-    assert sorted(lower.keys()) == [("f", i) for i in range(11)]
+    assert sorted(lower.keys()) == [("f", i, 1000) for i in range(11)]
     blocks.close()
+
+
+# -- found by a review: a full disk queue, a disk tier reused, two processes -----------------------
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def test_a_block_whose_bytes_are_in_is_not_withheld_from_its_waiters_by_the_disk():
+    lower = SlowStore(1 << 20)
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower, patience=lambda n: 0.3)
+    blocks.blocks._store._queue_max = 1500
+    data = bytes(range(256)) * 40
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    assert blocks.read("f", len(data), 0, 1000, fetch) == data[:1000]  # block 0 queued; the disk is stuck
+    # readahead brings block 1: all its bytes arrive at once, then its deliver waits for the disk
+    ra = threading.Thread(target=blocks.fetch_run, args=("f", len(data), 1, 2, fetch), daemon=True)
+    ra.start()
+    time.sleep(0.05)
+    try:
+        got = blocks.read("f", len(data), 1000, 1000, fetch)  # a reader that needs block 1 now
+    except TimeoutError as exc:
+        got = exc
+    lower.gate.set()
+    ra.join(5)
+    blocks.close()
+    assert got == data[1000:2000], got  # TimeoutError: the block was complete in memory for 0.3 s
+
+
+def test_the_cache_size_does_does_not_stall_cache_hits_behind_the_disk_queue():
+    lower = SlowStore(1 << 20)
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
+    data = bytes(range(256)) * 40
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    blocks.read("f", len(data), 0, 2000, fetch)  # blocks 0, 1 in memory; their disk writes stuck
+    threading.Thread(target=lambda: blocks.blocks.current_size, daemon=True).start()  # `desfs status`
+    time.sleep(0.05)
+    started = time.monotonic()
+    timer = threading.Timer(1.0, lower.gate.set)
+    timer.start()
+    assert blocks.read("f", len(data), 0, 10, fetch) == data[:10]  # a memory hit
+    took = time.monotonic() - started
+    blocks.close()
+    assert took < 0.5, f"a memory hit waited {took:.2f} s for the disk queue (LoadingCache lock held in flush)"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_small_reads_over_a_disk_tier_match_bytes(tmp_path, seed):
+    rnd = random.Random(seed)
+    size = rnd.randrange(1, 3 * 256 * KiB)
+    data = rnd.randbytes(size)
+    key = FileKey("http://h/f", size, 1.0)
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    disk = DiskStore(str(tmp_path / "d"), 64 * MiB)
+    blocks = BlockCache(2 * MiB, 256 * KiB, ttl=60, below=disk)
+    for _ in range(40):
+        off = rnd.randrange(0, size + 10)
+        n = rnd.randrange(0, 300 * KiB)
+        if rnd.random() < 0.2:
+            blocks.read(key, size, off, n, fetch)
+        assert bytes(blocks.view(key, size, off, n, fetch, small=True)) == data[off:off + n]
+    blocks.close()
+    # a new mount over the same disk: pieces and blocks come back from disk, right bytes
+    blocks2 = BlockCache(2 * MiB, 256 * KiB, ttl=60, below=DiskStore(str(tmp_path / "d"), 64 * MiB))
+    boom = lambda a, b, write: (_ for _ in ()).throw(AssertionError("fetched"))  # noqa: E731
+    for _ in range(20):
+        off = rnd.randrange(0, size)
+        n = rnd.randrange(1, 300 * KiB)
+        try:
+            assert bytes(blocks2.view(key, size, off, n, boom, small=True)) == data[off:off + n]
+        except AssertionError as exc:
+            if "fetched" not in str(exc):
+                raise
+    blocks2.close()
+
+
+def test_a_reader_never_waits_for_another_processs_index_writer(tmp_path):
+    from desfs import diskcache
+    folder = str(tmp_path / "d")
+    a, b = DiskStore(folder, 64 * MiB), DiskStore(folder, 64 * MiB)  # two mounts sharing a cache folder
+    keys = [(FileKey("http://h/f", 10**9, 1.0), i, 100) for i in range(diskcache.FLUSH_EVERY)]
+    for k in keys:
+        a.put(k, b"v" * 100)
+    for k in keys[:-1]:
+        assert b.get(k) == b"v" * 100  # uses remembered, not yet written
+    b._db.execute("PRAGMA busy_timeout = 1500")  # (30 s in a mount; shortened here)
+    a._db.execute("BEGIN IMMEDIATE")  # the other process is evicting / adding a block
+    started = time.monotonic()
+    assert b.get(keys[-1]) == b"v" * 100  # the FLUSH_EVERY-th use: this reader writes the index
+    took = time.monotonic() - started
+    a._db.execute("COMMIT")
+    a.close(), b.close()
+    assert took < 0.5, f"a disk hit waited {took:.2f} s for another process's transaction (busy_timeout)"
+
+
+def test_a_disk_cache_reused_with_another_block_size_never_gives_wrong_bytes(tmp_path):
+    folder = str(tmp_path / "d")
+    data = random.Random(7).randbytes(16 * 1024)  # 16 KiB
+    key = FileKey("http://h/f", len(data), 1.0)
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    first = BlockCache(1 << 20, 1024, ttl=60, below=DiskStore(folder, 1 << 20))  # --block-size 1K
+    assert first.read(key, len(data), 0, len(data), fetch) == data
+    first.close()
+    second = BlockCache(1 << 20, 4096, ttl=60, below=DiskStore(folder, 1 << 20))  # remounted with 4K
+    got = second.read(key, len(data), 4096, 4096, fetch)  # block 1 of 4 KiB: bytes 4096..8192
+    second.close()
+    assert got == data[4096:8192], (len(got), got == data[1024:2048])

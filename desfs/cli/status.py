@@ -109,7 +109,7 @@ class StatusServer:
         hits, misses = counters.pop("block_hits"), counters.pop("block_misses")
         memory = {"rss": platform.memory_rss()}
         if caches is not None:
-            memory["block_cache"] = {"used": caches.blocks.blocks.current_size,
+            memory["block_cache"] = {"used": caches.blocks.memory_bytes,
                                      "max": caches.settings.cache_size}
             memory["listings"] = {"used": caches.listings.current_size, "max": caches.listings.max_size}
         memory["block_cache_hits"], memory["block_cache_misses"] = hits, misses
