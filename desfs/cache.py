@@ -163,17 +163,30 @@ class TieredStore:
         self._closed = False
 
     def get(self, key: Hashable) -> Any | None:
+        value = self.near(key)
+        if value is None:
+            value = self.lower.get(key)
+            if value is not None:
+                self.upper.put(key, value)
+        return value
+
+    def near(self, key: Hashable) -> Any | None:
+        """The value from memory (`upper`, or the write queue), never from `lower`: what a cache may ask
+        under its lock. `far` is the rest of a lookup, for outside it."""
         value = self.upper.get(key)
         if value is not None:
             if self._touch is not None:
                 self._touch(key)
             return value
-        value = self._queue.get(key) if self._write_behind else None
-        if value is None:
-            value = self.lower.get(key)
-        if value is not None:
-            self.upper.put(key, value)
-        return value
+        return self._queue.get(key) if self._write_behind else None
+
+    def far(self, key: Hashable) -> Any | None:
+        """The value from `lower` (a disk read), not yet in `upper` (`promote` puts it there)."""
+        return self.lower.get(key)
+
+    def promote(self, key: Hashable, value: Any) -> None:
+        """A value `far` found: into `upper` only (it is in `lower` already)."""
+        self.upper.put(key, value)
 
     def put(self, key: Hashable, value: Any) -> None:
         self.upper.put(key, value)
@@ -299,6 +312,9 @@ class LoadingCache:
         `timer` and `on_drop`."""
         self.patience = patience
         self._store: Store = store or MemoryStore(max_size, ttl, getsizeof, timer, on_drop)
+        # A tiered store is asked for its memory part only under the lock; its disk part is a load
+        # (BlockCache._fill reads it outside the lock, single-flight like any other load).
+        self._near = getattr(self._store, "near", self._store.get)
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight] = {}
         self._generation = 0  # bumped by discards, so a load that raced one is not stored
@@ -323,10 +339,10 @@ class LoadingCache:
         return value
 
     def cached_or_waited(self, key: Hashable) -> Any | None:
-        """The value of `key`: cached, or the end of its load under way (its error raised); None when
-        it is neither cached nor being loaded."""
+        """The value of `key`: cached (in memory: a tier below is read by the load), or the end of its
+        load under way (its error raised); None when it is neither cached nor being loaded."""
         with self._lock:
-            value = self._store.get(key)
+            value = self._near(key)
             if value is not None:
                 return value
             flight = self._flights.get(key)
@@ -342,17 +358,18 @@ class LoadingCache:
     def claim(self, key: Hashable, patience: float | None = None) -> bool:
         """Take the load of `key` on oneself: False when it is cached or already being loaded."""
         with self._lock:
-            if self._store.get(key) is not None or key in self._flights:
+            if self._near(key) is not None or key in self._flights:
                 return False
             self._start(key, patience)
             return True
 
-    def fulfil(self, key: Hashable, value: Any) -> None:
-        """End a claimed load with its value: stored, and handed to every waiter."""
+    def fulfil(self, key: Hashable, value: Any, promoted: bool = False) -> None:
+        """End a claimed load with its value: stored, and handed to every waiter. `promoted`: a value the
+        store's tier below holds already (read by `far`): put in memory only."""
         with self._lock:
             flight = self._flights.pop(key)
             if flight.generation == self._generation:
-                self._store.put(key, value)
+                (self._store.promote if promoted else self._store.put)(key, value)
         flight.value = value
         flight.done.set()
 
@@ -374,6 +391,11 @@ class LoadingCache:
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._store.put(key, value)
+
+    def promote(self, key: Hashable, value: Any) -> None:
+        """Keep in memory a value read from the store's tier below (not written there again)."""
+        with self._lock:
+            getattr(self._store, "promote", self._store.put)(key, value)
 
     def discard_where(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop every entry whose key satisfies `predicate`; returns how many."""
@@ -546,6 +568,7 @@ class BlockCache:
         self.blocks = LoadingCache(max_bytes - spare, ttl, getsizeof=len, timer=timer, on_drop=self.spares.give,
                                    store=store)
         self._room = getattr(store, "wait_for_room", None)
+        self._far = getattr(store, "far", None)
 
     def read(self, key: Hashable, size: int, offset: int, length: int, fetch: Fetcher) -> bytes:
         """Bytes [offset, offset+length) of a file of `size` bytes, clipped to its end."""
@@ -579,6 +602,10 @@ class BlockCache:
         for index in range(offset // bs, (stop - 1) // bs + 1):
             lo, hi = max(offset, index * bs), min(stop, (index + 1) * bs)
             block = self.blocks.cached_or_waited((key, index, bs))
+            if block is None and self._far is not None:  # a whole block on disk beats pieces from the network
+                block = self._far((key, index, bs))
+                if block is not None:
+                    self.blocks.promote((key, index, bs), block)
             if block is not None:
                 COUNTERS.add("block_hits")
             spans.append((lo, hi, block))
@@ -622,29 +649,49 @@ class BlockCache:
                 return filled[index]
 
     def fetch_run(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> int:
-        """Fetch the blocks [first, last) that are neither cached nor under way; returns how many (readahead)."""
-        return len(self._fill(key, size, first, last, fetch))
+        """Fetch the blocks [first, last) that are neither cached nor under way; returns how many came from
+        the network (readahead: a disk tier's blocks say nothing of the link)."""
+        from_disk: list[int] = []
+        filled = self._fill(key, size, first, last, fetch, from_disk=from_disk)
+        return len(filled) - sum(from_disk)
 
     def _fill(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher,
-              unit: int | None = None) -> dict[int, Any]:
+              unit: int | None = None, from_disk: list[int] | None = None) -> dict[int, Any]:
         """The one path by which blocks come into the cache: claims the blocks [first, last) that are
         neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
         hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
         blocks it fetched. Errors are handed to the waiters of the blocks not yet delivered, and raised.
         `unit`: pieces of this size instead of blocks (see `view`'s `small`). Every key is (file key, index,
         size of the unit): a disk tier kept from a mount with another block size never answers for it.
+        Blocks a disk tier holds are read from it here, outside the cache's lock (how many: appended to
+        `from_disk`).
         """
         bs = unit or self.block_size
         ident = lambda i: (key, i, bs)  # noqa: E731 (the size in the key: a disk tier outlives a --block-size)
         last = min(last, -(-size // bs))
         claimed = [i for i in range(first, last) if self.blocks.claim(ident(i), self._patience((i - first + 1) * bs))]
+        filled: dict[int, Any] = {}
+        if self._far is not None and claimed:  # a disk tier: what it holds is read from it, in this thread
+            for i in claimed:
+                try:
+                    found = self._far(ident(i))
+                except BaseException as exc:
+                    for j in claimed:
+                        if j not in filled:
+                            self.blocks.fail(ident(j), exc)
+                    raise
+                if found is not None:
+                    filled[i] = found
+                    self.blocks.fulfil(ident(i), found, promoted=True)
+            claimed = [i for i in claimed if i not in filled]
+            if from_disk is not None:
+                from_disk.append(len(filled))
         runs: list[list[int]] = []
         for i in claimed:
             if runs and runs[-1][-1] == i - 1:
                 runs[-1].append(i)
             else:
                 runs.append([i])
-        filled: dict[int, Any] = {}
 
         def deliver(i: int, block: Any) -> None:
             filled[i] = block

@@ -328,3 +328,53 @@ def test_a_disk_cache_reused_with_another_block_size_never_gives_wrong_bytes(tmp
     got = second.read(key, len(data), 4096, 4096, fetch)  # block 1 of 4 KiB: bytes 4096..8192
     second.close()
     assert got == data[4096:8192], (len(got), got == data[1024:2048])
+
+
+class SlowGetStore(MemoryStore):
+    """A lower tier whose reads take `delay` seconds (a disk under load)."""
+
+    def __init__(self, budget: int, delay: float) -> None:
+        super().__init__(budget, 60.0, getsizeof=len)
+        self.delay = delay
+        self.gets = 0
+
+    def get(self, key):
+        self.gets += 1
+        time.sleep(self.delay)
+        return super().get(key)
+
+
+def test_a_block_read_from_the_disk_tier_holds_no_other_reader():
+    lower = SlowGetStore(1 << 20, 0.5)
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
+    data = bytes(range(256)) * 40
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    lower.put(("f", 1, 1000), bytearray(data[1000:2000]))  # block 1 on disk only
+    lower.delay = 0.0
+    assert blocks.read("f", len(data), 0, 1000, fetch) == data[:1000]  # block 0 in memory
+    lower.delay = 0.5
+    got = []
+    t = threading.Thread(target=lambda: got.append(blocks.read("f", len(data), 1000, 1000, fetch)))
+    t.start()
+    time.sleep(0.1)  # the disk read of block 1 is under way
+    started = time.monotonic()
+    assert blocks.read("f", len(data), 0, 1000, fetch) == data[:1000]
+    assert time.monotonic() - started < 0.2  # a memory hit does not wait for another block's disk read
+    t.join(5)
+    assert got == [data[1000:2000]]
+    assert blocks.read("f", len(data), 1000, 1000, fetch) == data[1000:2000]  # promoted: in memory now
+    blocks.close()
+
+
+def test_blocks_read_from_disk_are_not_counted_as_fetched_nor_written_again():
+    lower = SlowGetStore(1 << 20, 0.0)
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
+    data = bytes(range(256)) * 40
+    for i in range(3):
+        lower.put(("f", i, 1000), bytearray(data[i * 1000:(i + 1) * 1000]))
+    calls = []
+    assert blocks.fetch_run("f", len(data), 0, 5, lambda a, b, write: calls.append((a, b)) or write(data[a:b])) == 2
+    assert calls == [(3000, 5000)]  # only what the disk did not hold
+    blocks.flush()
+    assert blocks.blocks._store._queue == {} and sorted(lower.keys()) == [("f", i, 1000) for i in range(5)]
+    blocks.close()
