@@ -220,3 +220,43 @@ def test_a_value_discarded_before_the_writer_took_it_leaves_flush_nothing_to_wai
     returns_at_once(store.flush)
     returns_at_once(store.keys)
     assert store.keys() == [] and store.current_size == 0 and lower.get("a") is None
+
+
+def test_blocks_let_go_of_over_a_disk_tier_lend_their_memory_and_blocks_read_back_from_it_take_it(tmp_path):
+    from desfs.cache import MAPPED_MIN
+
+    disk = DiskStore(str(tmp_path / "d"), 64 * MAPPED_MIN)
+    cache = BlockCache(max_bytes=16 * MAPPED_MIN, block_size=MAPPED_MIN, ttl=60, below=disk)
+    size = 24 * MAPPED_MIN
+    fetched = []
+
+    def fetch(start, stop, write):
+        fetched.append(start)
+        write(bytes([start // MAPPED_MIN]) * (stop - start))
+
+    for i in range(24):
+        assert cache.read("f", size, i * MAPPED_MIN, 10, fetch) == bytes([i]) * 10
+        cache.flush()  # written: the queue holds no block any more
+    assert len(fetched) == 24 and cache.spares.reused > 0  # evicted from memory: their maps reused
+    reused = cache.spares.reused
+    assert cache.read("f", size, 0, 10, fetch) == bytes([0]) * 10  # from the disk, into a spare map
+    assert len(fetched) == 24 and cache.spares.reused == reused + 1
+    cache.close()
+
+
+def test_a_block_larger_than_the_whole_cache_is_served_and_fetched_once():
+    fetched = []
+
+    def fetch(start, stop, write):
+        fetched.append((start, stop))
+        write(b"x" * (stop - start))
+
+    cache = BlockCache(max_bytes=50, block_size=100, ttl=60)
+    assert cache.read("f", 300, 120, 30, fetch) == b"x" * 30 and fetched == [(100, 200)]
+
+
+def test_each_block_of_a_run_gives_its_waiters_the_patience_for_the_bytes_up_to_its_end():
+    asked = []
+    cache = BlockCache(max_bytes=4000, block_size=100, ttl=60, patience=lambda n: asked.append(n) or 5.0)
+    assert cache.fetch_run("f", 1000, 2, 5, lambda start, stop, write: write(b"x" * (stop - start))) == 3
+    assert asked == [100, 200, 300]
