@@ -74,3 +74,30 @@ def test_a_load_that_raced_two_discards_of_either_kind_is_not_stored():
     cache.fulfil("k", "old")
     assert cache.peek("k") is None
     assert cache.get("k", lambda: "new") == "new" and cache.peek("k") == "new"
+
+
+def test_a_claimed_load_gives_its_waiters_the_patience_it_was_claimed_with():
+    cache = LoadingCache(10, 60)  # no patience of its own
+    assert cache.claim("k", 0.3) and not cache.claim("k", 0.3)
+    gives_up(lambda: cache.cached_or_waited("k"), (0.15, 0.9))
+    cache.fulfil("k", "v")
+    assert cache.cached_or_waited("k") == "v"
+
+
+def test_a_time_to_live_given_by_a_function_is_that_of_each_value():
+    from desfs.cache import MemoryStore
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    store = MemoryStore(100, lambda value: len(value), getsizeof=len, timer=clock)
+    store.put("short", b"xx")  # 2 s
+    store.put("long", b"xxxxx")  # 5 s
+    clock.now += 3
+    assert store.get("short") is None and store.get("long") == b"xxxxx"
+    clock.now += 3
+    assert store.get("long") is None

@@ -227,6 +227,7 @@ def test_blocks_let_go_of_over_a_disk_tier_lend_their_memory_and_blocks_read_bac
 
     disk = DiskStore(str(tmp_path / "d"), 64 * MAPPED_MIN)
     cache = BlockCache(max_bytes=16 * MAPPED_MIN, block_size=MAPPED_MIN, ttl=60, below=disk)
+    assert cache.blocks._store.upper.max_size + cache.spares.max_bytes == 16 * MAPPED_MIN  # memory within the budget
     size = 24 * MAPPED_MIN
     fetched = []
 
@@ -260,3 +261,48 @@ def test_each_block_of_a_run_gives_its_waiters_the_patience_for_the_bytes_up_to_
     cache = BlockCache(max_bytes=4000, block_size=100, ttl=60, patience=lambda n: asked.append(n) or 5.0)
     assert cache.fetch_run("f", 1000, 2, 5, lambda start, stop, write: write(b"x" * (stop - start))) == 3
     assert asked == [100, 200, 300]
+
+
+def test_blocks_in_memory_over_a_tier_expire_by_the_timer_given():
+    class Clock:
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
+
+    clock, lower = Clock(), Gated()
+    cache = BlockCache(max_bytes=4000, block_size=100, ttl=10, timer=clock, below=lower)
+    key = FileKey("http://h/f", 100, 1.0)
+    cache.read(key, 100, 0, 100, lambda start, stop, write: write(b"x" * (stop - start)))
+    memory = cache.blocks._store.upper
+    clock.now += 9
+    assert memory.get((key, 0)) == b"x" * 100
+    clock.now += 2
+    assert memory.get((key, 0)) is None
+    cache.close()
+
+
+def test_a_reader_waits_for_a_block_of_a_run_under_way_at_most_its_patience():
+    import errno
+
+    gate = threading.Event()
+    cache = BlockCache(max_bytes=4000, block_size=100, ttl=60, patience=lambda n: 0.3)
+
+    def fetch(start, stop, write):
+        gate.wait(10)
+        write(b"x" * (stop - start))
+
+    runner = threading.Thread(target=cache.fetch_run, args=("f", 1000, 0, 3, fetch), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 5
+    while ("f", 2) not in cache.blocks._flights and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    try:
+        cache.read("f", 1000, 200, 10, fetch)
+        raise AssertionError("no timeout")
+    except TimeoutError as exc:
+        assert exc.errno == errno.ETIMEDOUT and 0.1 < time.monotonic() - started < 0.9
+    gate.set()
+    runner.join(5)
+    assert cache.read("f", 1000, 200, 10, fetch) == b"x" * 10
