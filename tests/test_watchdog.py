@@ -71,9 +71,27 @@ def test_a_socket_is_shut_when_its_deadline_passes_and_not_before():
         dog.attach(mine)
         assert watch.sock is mine
         took = eof_within(mine, 5)
-        assert watch.fired and took >= 0.2 + WATCH_GRACE - 0.05
+        assert watch.fired and 0.2 + WATCH_GRACE - 0.05 <= took < 0.2 + WATCH_GRACE + 0.28
+        after = in_thread(lambda: dog.begin(1.0, 0))
+        assert after.peak == 1  # a try whose deadline passed is no longer counted in flight
+        dog.end(after)
         dog.end(watch)
         assert watch.sock is None and dog.current() is None
+
+
+def test_the_watchdog_goes_on_after_a_deadline_passed_with_no_other_try_in_flight():
+    dog = _Watchdog()
+    first = dog.begin(0.0, 0)
+    deadline = time.monotonic() + 5
+    while not first.fired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    dog.end(first)
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        second = dog.begin(0.0, 0)
+        dog.attach(mine)
+        assert eof_within(mine, 5) >= WATCH_GRACE - 0.05 and second.fired
+        dog.end(second)
 
 
 def test_a_short_deadline_begun_after_a_long_one_is_kept_on_time():
