@@ -88,3 +88,21 @@ def test_an_api_call_answered_with_a_redirect_is_refused(answers):
         with pytest.raises(ServerError, match=r"answered a redirect \(HTTP 307 to http://127.0.0.1:9/elsewhere\): "
                                               r"not followed"):
             api.call(method, answers.url + "redirect", form={"password": "s3cret"})
+
+
+def test_requests_tries_in_flight_and_bytes_fetched_are_counted(server, sample):
+    from desfs.stats import COUNTERS
+
+    c = Client(sample.url(server.base_url), timeout=2, retries=2, backoff=0.01)
+    entry = {e.name: e for e in c.list_dir("/")}["big.bin"]
+    before = COUNTERS.snapshot()
+    during = []
+    c.fetch("/big.bin", 10, 70_010, entry, lambda piece: during.append(COUNTERS.in_flight))
+    after = COUNTERS.snapshot()
+    assert set(during) == {before["in_flight"] + 1} and after["in_flight"] == before["in_flight"]
+    assert after["requests"] == before["requests"] + 1 and after["bytes_fetched"] == before["bytes_fetched"] + 70_000
+    server.faults.status, server.faults.status_count = 503, 1  # one try more
+    c.list_dir("/")
+    again = COUNTERS.snapshot()
+    assert again["requests"] == after["requests"] + 2 and again["in_flight"] == before["in_flight"]
+    assert again["bytes_fetched"] == after["bytes_fetched"]  # a listing is not file bytes
