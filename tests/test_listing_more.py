@@ -32,3 +32,14 @@ def test_a_hostile_listing_logs_its_first_fifty_bad_items_then_how_many_more(cap
     assert [e.name for e in entries] == ["ok"]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 51 and messages[-1] == "listing http://h/j/: 7 more items skipped"
+
+
+def test_a_whole_listing_past_its_budget_is_too_large():
+    import pytest
+
+    from desfs.errors import TooLarge
+
+    body = json.dumps([{"name": f"f{i}", "type": "file", "size": i} for i in range(100)]).encode()
+    assert len(parse_listing(body, "http://h/j/")) == 100
+    with pytest.raises(TooLarge):
+        parse_listing(body, "http://h/j/", max_bytes=2000)
