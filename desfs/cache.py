@@ -238,7 +238,7 @@ class TieredStore:
     def flush(self) -> None:
         """Wait until every value put so far is in `lower`."""
         with self._cv:
-            while self._queue and self._writer is not None and self._writer.is_alive():
+            while (self._queue or self._writing is not None) and self._writer is not None and self._writer.is_alive():
                 self._cv.wait(1.0)
 
     def close(self) -> None:
