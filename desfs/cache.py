@@ -178,7 +178,10 @@ class TieredStore:
             if self._touch is not None:
                 self._touch(key)
             return value
-        return self._queue.get(key) if self._write_behind else None
+        value = self._queue.get(key) if self._write_behind else None
+        if value is not None:  # memory let go of it before the disk had it: taken back
+            self.upper.put(key, value)
+        return value
 
     def far(self, key: Hashable) -> Any | None:
         """The value from `lower` (a disk read), not yet in `upper` (`promote` puts it there)."""
