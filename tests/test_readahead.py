@@ -785,3 +785,144 @@ def test_a_period_that_spans_a_pause_is_no_baseline_for_fewer_fetches():
     assert period(90e6) == 16  # a ramp again first
     assert period(90e6) == 12 and period(70e6) == 16  # fewer cost against the real rate: back
     pre.close()
+
+
+# -- the back-off's edges, one test each (mutation testing found them unpinned) ---------------------
+
+def steered(limit=16, best=None):
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 16, clock=lambda: 0.0)
+    pre.rated, pre.limit = True, limit
+    return pre
+
+
+def one_period(pre, now, rate, seconds=None, held_back=True):
+    """A period of `seconds` (PERIOD) from `now` at `rate` bytes/s; the new time."""
+    seconds = pre.PERIOD if seconds is None else seconds
+    pre.measure(0, now)
+    pre._period[2] = held_back
+    pre.measure(int(rate * seconds), now + seconds)
+    return now + seconds
+
+
+def test_a_period_of_exactly_two_seconds_still_steers_and_a_longer_one_is_a_pause():
+    pre = steered()
+    now = one_period(pre, 0.0, 90e6)
+    now = one_period(pre, now, 90e6, seconds=2 * pre.PERIOD)  # not a pause: fewer are tried
+    assert pre.limit == 12
+    now = one_period(pre, now, 30e6, seconds=2.5 * pre.PERIOD)  # a pause (under 3 periods): what was tried
+    assert pre.limit == 16  # is given back, not judged
+    pre.close()
+
+
+def test_the_rate_is_bytes_over_seconds_and_a_period_adds_all_its_fetches():
+    pre = steered()
+    now = one_period(pre, 0.0, 80e6, seconds=1.25)
+    now = one_period(pre, now, 80e6, seconds=1.25)
+    assert pre.limit == 12 and pre._tried == (16, 80e6)
+    pre.measure(0, now)
+    pre._period[2] = True
+    pre.measure(40_000_000, now + 0.5)  # two fetches in one period: 80 MB in 1 s, as fast
+    pre.measure(40_000_000, now + 1.0)
+    assert pre.limit == 9
+    pre.close()
+
+
+def test_fewer_fetches_exactly_within_the_gain_are_kept():
+    pre = steered(12)
+    pre._tried, pre._steady = (16, 90_000_000 * pre.GAIN), True  # 12 are being tried against this best
+    one_period(pre, 0.0, 90e6)  # rate × GAIN == the best: not below it
+    assert pre.limit == 9
+    pre.close()
+
+
+def test_periods_nobody_waited_in_never_steer():
+    pre = steered()
+    for t in range(6):
+        pre.measure(100_000_000, float(t))  # fetches end, none ever waited for a slot
+    assert pre.limit == 16 and pre._tried is None
+    pre.close()
+
+
+def test_two_fetches_at_once_are_tried_as_one_and_three_as_two():
+    for limit, fewer in ((2, 1), (3, 2)):
+        pre = steered(limit)
+        now = one_period(pre, 0.0, 50e6)
+        one_period(pre, now, 50e6)
+        assert pre.limit == fewer
+        pre.close()
+
+
+def test_fewer_are_tried_again_the_moment_the_hold_ends():
+    pre = steered()
+    pre._hold_until = 5.0
+    now = one_period(pre, 3.0, 90e6)  # ends at 4.0: held
+    assert pre.limit == 16
+    one_period(pre, now, 90e6)  # ends at 5.0: the hold is over
+    assert pre.limit == 12
+    pre.close()
+
+
+def test_the_full_link_log_line_is_exactly_this(caplog):
+    import logging
+
+    pre = steered()
+    with caplog.at_level(logging.DEBUG, logger="desfs.readahead"):
+        now = one_period(pre, 0.0, 90e6)
+        now = one_period(pre, now, 90e6)
+        one_period(pre, now, 90e6)
+    pre.close()
+    assert [r.getMessage() for r in caplog.records if "full" in r.getMessage()] == [
+        "readahead: the link is full at 90 MB/s: 12 fetches at once, not 16"]
+
+
+def test_the_pool_has_a_thread_for_each_fetch_allowed():
+    pre = Prefetcher(BlockCache(4 * MiB, 64 * KiB, ttl=60), 11)
+    assert pre._pool._max_workers == 11
+    pre.close()
+
+
+def test_a_readahead_fetch_adds_its_bytes_to_the_period():
+    data = random.Random(28).randbytes(MiB)
+    blocks = BlockCache(4 * MiB, 64 * KiB, ttl=60)
+    times = iter([0.0, 0.1, 0.2, 0.3])
+    pre = Prefetcher(blocks, 2, clock=lambda: next(times))
+    pre.submit("f", MiB, 0, 3, Fetcher(data))
+    assert wait_for(lambda: pre._period[1] == 3 * 64 * KiB)
+    pre.close()
+
+
+def test_a_readers_own_fetch_ends_and_its_rate_counts_its_own_bytes():
+    size = 16 * MiB
+    data = random.Random(29).randbytes(size)
+    blocks = BlockCache(64 * MiB, 256 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 8, target_rate=5e6)
+    own = pre.measured(Fetcher(data, delay=0.2))
+    assert blocks.read("f", size, 3 * 256 * KiB, 10, own) == data[3 * 256 * KiB:3 * 256 * KiB + 10]
+    assert pre._readers == 0 and pre.rated and 4 <= pre.limit <= 5  # 256 KiB in 0.2 s, wherever it is
+    pre.close()
+
+
+def test_the_last_parts_go_one_block_each_when_fewer_blocks_than_fetches_are_left():
+    bs = 256 * KiB
+    size = 4 * MiB
+    data = random.Random(30).randbytes(size)
+    fetch = GatedFetcher(data)
+    fetch.gate.set()
+    blocks = BlockCache(64 * MiB, bs, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)
+    pre.rated, pre.limit = True, 4
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=bs, max_window=8 * MiB)
+    stream.window = 8 * MiB
+    stream._submit(size - 2 * bs, size)
+    assert wait_for(lambda: has_block(blocks, ("f", size), 15))
+    pre.close()
+    assert sorted(fetch.calls) == [(size - 2 * bs, size - bs), (size - bs, size)]
+
+
+def test_a_read_at_the_second_byte_of_a_file_is_a_jump():
+    size = 16 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    assert stream.read(1, 100) == data[1:101]
+    assert fetch.calls == [(0, 64 * KiB)]
+    pre.close()
