@@ -670,23 +670,34 @@ def test_readahead_fetches_measure_the_total_rate(tmp_path):
     pre.close()
 
 
-def test_the_last_parts_of_a_file_are_shared_among_the_fetches_allowed():
+def tail_fetches(size, submits, limit=4):
+    """The fetches readahead makes for `submits` ([start, stop) ranges) of a file of `size`, parts of
+    8 blocks of 256 KiB elsewhere, `limit` fetches allowed."""
     bs = 256 * KiB
-    size = 16 * MiB
-    data = random.Random(24).randbytes(size)
+    data = random.Random(size).randbytes(size)
     fetch = GatedFetcher(data)
     fetch.gate.set()
     blocks = BlockCache(64 * MiB, bs, ttl=60)
-    pre = Prefetcher(blocks, 4, target_rate=1e12)  # (any fetch measured asks for all 4)
-    pre.rated, pre.limit = True, 4
+    pre = Prefetcher(blocks, limit, target_rate=1e12)  # (any fetch measured asks for all of them)
+    pre.rated, pre.limit = True, limit
     stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=bs, max_window=8 * MiB)
-    stream.window = 8 * MiB  # parts of 8 blocks (2 MiB) each elsewhere
-    stream._submit(8 * MiB, 10 * MiB)
-    stream._submit(14 * MiB, size)  # the end: 8 blocks in 4 parts of 2, not one of 8
-    assert wait_for(lambda: all(has_block(blocks, ("f", size), i) for i in [*range(32, 40), *range(56, 64)]))
+    stream.window = 8 * MiB
+    for start, stop in submits:
+        stream._submit(start, stop)
+    assert wait_for(lambda: all(has_block(blocks, ("f", size), i) for start, stop in submits
+                                for i in range(start // bs, -(-stop // bs))))
     pre.close()
-    assert sorted(fetch.calls) == [(8 * MiB, 10 * MiB), *[(14 * MiB + i * 2 * bs, 14 * MiB + (i + 1) * 2 * bs)
-                                                          for i in range(4)]]
+    return sorted(fetch.calls)
+
+
+def test_the_last_parts_of_a_file_are_shared_among_the_fetches_allowed():
+    bs = 256 * KiB
+    # elsewhere one part of 8 blocks; the end: 8 blocks in 4 parts of 2, not one of 8
+    assert tail_fetches(16 * MiB, [(8 * MiB, 10 * MiB), (14 * MiB, 16 * MiB)]) == [
+        (8 * MiB, 10 * MiB), *[(14 * MiB + i * 2 * bs, 14 * MiB + (i + 1) * 2 * bs) for i in range(4)]]
+    # fewer blocks left than fetches allowed: one block each
+    assert tail_fetches(4 * MiB, [(4 * MiB - 2 * bs, 4 * MiB)]) == [(4 * MiB - 2 * bs, 4 * MiB - bs),
+                                                                    (4 * MiB - bs, 4 * MiB)]
 
 
 def test_a_rated_link_is_not_rated_again_by_a_readers_own_fetch():
@@ -903,21 +914,7 @@ def test_a_readers_own_fetch_ends_and_its_rate_counts_its_own_bytes():
     pre.close()
 
 
-def test_the_last_parts_go_one_block_each_when_fewer_blocks_than_fetches_are_left():
-    bs = 256 * KiB
-    size = 4 * MiB
-    data = random.Random(30).randbytes(size)
-    fetch = GatedFetcher(data)
-    fetch.gate.set()
-    blocks = BlockCache(64 * MiB, bs, ttl=60)
-    pre = Prefetcher(blocks, 4, target_rate=1e12)
-    pre.rated, pre.limit = True, 4
-    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=bs, max_window=8 * MiB)
-    stream.window = 8 * MiB
-    stream._submit(size - 2 * bs, size)
-    assert wait_for(lambda: has_block(blocks, ("f", size), 15))
-    pre.close()
-    assert sorted(fetch.calls) == [(size - 2 * bs, size - bs), (size - bs, size)]
+
 
 
 def test_a_read_at_the_second_byte_of_a_file_is_a_jump():
