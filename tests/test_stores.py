@@ -378,3 +378,84 @@ def test_blocks_read_from_disk_are_not_counted_as_fetched_nor_written_again():
     blocks.flush()
     assert blocks.blocks._store._queue == {} and sorted(lower.keys()) == [("f", i, 1000) for i in range(5)]
     blocks.close()
+
+
+class CountingStore(MemoryStore):
+    """A lower tier that counts its puts and can fail its reads of one key."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget, 60.0, getsizeof=len)
+        self.puts = 0
+        self.broken = None
+
+    def put(self, key, value) -> None:
+        self.puts += 1
+        super().put(key, value)
+
+    def get(self, key):
+        if key == self.broken:
+            raise OSError(5, "the disk failed")
+        return super().get(key)
+
+
+def test_a_small_read_takes_a_block_the_disk_holds_into_memory_without_writing_it_again():
+    lower = CountingStore(1 << 20)
+    data = bytes(range(256)) * 40
+    lower.put(("f", 1, 4000), bytearray(data[4000:8000]))
+    lower.puts = 0
+    blocks = BlockCache(1 << 20, 4000, ttl=60, below=lower)
+    blocks.piece = 500
+
+    def no_network(start, stop, write):
+        raise AssertionError("fetched")
+
+    assert bytes(blocks.view("f", len(data), 4100, 700, no_network, small=True)) == data[4100:4800]
+    assert blocks.blocks._store.upper.get(("f", 1, 4000)) is not None  # promoted, under its own key
+    blocks.flush()
+    assert lower.puts == 0  # not written back to the disk it came from
+    assert blocks.read("f", len(data), 0, 4000, lambda a, b, write: write(data[a:b])) == data[:4000]
+    blocks.flush()
+    assert lower.puts == 1  # a block from the network is
+    blocks.close()
+
+
+def test_a_failed_disk_read_releases_every_block_it_claimed():
+    lower = CountingStore(1 << 20)
+    data = bytes(range(256)) * 40
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower, patience=lambda n: 0.5)
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    lower.broken = ("f", 1, 1000)
+    with pytest.raises(OSError):
+        blocks.fetch_run("f", len(data), 0, 4, fetch)
+    lower.broken = None
+    assert blocks.read("f", len(data), 0, 4000, fetch) == data[:4000]  # no claim left behind: no wait, no timeout
+
+
+def test_a_block_cache_waits_for_room_in_the_write_queue_before_bringing_more():
+    lower = SlowStore(1 << 20)
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
+    blocks.blocks._store._queue_max = 2500
+    data = bytes(range(256)) * 40
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (blocks.fetch_run("f", len(data), 0, 10, lambda a, b, w: w(data[a:b])),
+                                         done.set()), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    assert not done.is_set()  # the disk is stuck: the fetch waits ...
+    assert blocks.blocks._store._queued <= 2500 + 1000  # ... with the queue at its bound
+    lower.gate.set()
+    assert done.wait(10)
+    blocks.close()
+
+
+def test_blocks_a_run_finds_on_disk_are_not_written_to_it_again():
+    lower = CountingStore(1 << 20)
+    data = bytes(range(256)) * 40
+    for i in range(3):
+        lower.put(("f", i, 1000), bytearray(data[i * 1000:(i + 1) * 1000]))
+    lower.puts = 0
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
+    assert blocks.fetch_run("f", len(data), 0, 5, lambda a, b, write: write(data[a:b])) == 2
+    blocks.flush()
+    assert lower.puts == 2  # the two from the network only
+    blocks.close()
