@@ -923,3 +923,51 @@ def test_a_read_at_the_second_byte_of_a_file_is_a_jump():
     assert stream.read(1, 100) == data[1:101]
     assert fetch.calls == [(0, 64 * KiB)]
     pre.close()
+
+
+def test_a_prefetchers_first_period_is_not_held_back_by_itself():
+    pre = steered()
+    pre.measure(0, 0.0)
+    pre.measure(90_000_000, 1.0)  # nobody waited: the reader set the pace
+    now = one_period(pre, 1.0, 90e6)  # the first period held back: nothing tried yet
+    assert pre.limit == 16
+    one_period(pre, now, 90e6)
+    assert pre.limit == 12
+    pre.close()
+
+
+def test_a_period_of_exactly_two_seconds_judges_what_was_tried():
+    pre = steered(12)
+    pre._tried, pre._steady = (16, 90e6), True
+    one_period(pre, 0.0, 90e6, seconds=2 * pre.PERIOD)  # as fast with 12: kept, and 9 tried
+    assert pre.limit == 9
+    pre.close()
+
+
+def test_a_readahead_fetch_beside_another_and_a_readers_own_is_not_alone():
+    size = 4 * MiB
+    data = random.Random(31).randbytes(size)
+    gates = {0: threading.Event(), 64 * KiB: threading.Event()}  # the reader's own and readahead's first
+
+    def fetch(start, stop, write):
+        if start in gates:
+            gates[start].wait(5)
+        write(data[start:stop])
+
+    blocks = BlockCache(16 * MiB, 64 * KiB, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)  # any fetch measured would ask for all 4
+    pre.limit = 3
+    reader = threading.Thread(target=blocks.read, args=("f", size, 0, 10, pre.measured(fetch)))
+    reader.start()
+    assert wait_for(lambda: pre._readers == 1)
+    pre.submit("f", size, 1, 2, fetch)  # waits at its gate
+    assert wait_for(lambda: pre._active == 1)
+    pre.submit("f", size, 2, 3, fetch)  # runs beside both, and ends first
+    assert wait_for(lambda: has_block(blocks, "f", 2))
+    time.sleep(0.05)  # (it measures, or not, right after its slot is given back)
+    for g in gates.values():
+        g.set()
+    reader.join(5)
+    assert wait_for(lambda: pre._active == 0 and pre._readers == 0)
+    assert not pre.rated and pre.limit == 3
+    pre.close()
