@@ -587,10 +587,10 @@ class BlockCache:
         if offset >= stop:
             return memoryview(b"")
         bs = self.block_size
-        first, last = offset // bs, (stop - 1) // bs
-        cut, end = offset - first * bs, stop - last * bs
         if small and self.piece < bs:
             return self._view_small(key, size, offset, stop, fetch)
+        first, last = offset // bs, (stop - 1) // bs
+        cut, end = offset - first * bs, stop - last * bs
         if first == last:
             return memoryview(self.block(key, size, first, fetch))[cut:end]
         parts = [memoryview(self.block(key, size, i, fetch)) for i in range(first, last + 1)]
