@@ -2,9 +2,9 @@
 
 Works on a BlockCache and a streaming fetcher; knows no HTTP and no FUSE. A
 stream starts with no readahead. Once a run of sequential reads has covered
-START_AFTER times `min_window` (more than the kernel reads on its own after one
-read: the read, up to 1 MiB, and one readahead window of up to 1 MiB), the
-window is as large as the run so far (so it doubles as the reader keeps up),
+more than START_AFTER times `min_window` (more than the kernel reads on its own
+after one read: the read, up to 1 MiB, and one readahead window of up to 1 MiB),
+the window is as large as the run so far (so it doubles as the reader keeps up),
 from `min_window` up to `max_window`, and the bytes in it are fetched as parts
 of several blocks on a small pool of threads. A read far from the run starts a
 new one with no readahead, so random access (a FITS header, a seek to one HDU)
@@ -24,7 +24,7 @@ from desfs.cache import BlockCache, Fetcher
 
 log = logging.getLogger(__name__)
 
-START_AFTER = 4  # a sequential run gets readahead once it has covered this many min_windows
+START_AFTER = 2  # a sequential run gets readahead once it has covered more than this many min_windows
 SMALL_RUN = 256 * 1024  # a run that starts inside a file is read in small pieces until it is longer than this
 
 
@@ -229,7 +229,7 @@ class ReadStream:
         else:
             self._start, self._high, self._requested = offset, end, 0
         run = self._high - self._start
-        if run < START_AFTER * self.min_window:
+        if run <= START_AFTER * self.min_window:
             self.window = 0
         else:  # as large as the run so far, and at once as large as the fetches allowed at once can fill
             wide = 2 * self.min_window * (self.prefetcher.limit if self.prefetcher is not None else 1)
@@ -255,11 +255,34 @@ class ReadStream:
         # least: one is fetched while the reader is in the other)
 
     def _submit(self, start: int, stop: int) -> None:
-        """Split [start, stop) into parts so that the pool's workers fetch them in parallel."""
+        """Split [start, stop) into parts so that the pool's workers fetch them in parallel; several parts
+        asked for at once (the window opening, a reader that caught up) are staggered."""
         bs = self.blocks.block_size
         first, last = start // bs, -(-stop // bs)
         part = self._part_bytes() // bs
         if stop >= self.size:  # the file's last parts: shared among the fetches allowed, so that they end together
             part = max(1, min(part, -(-(last - first) // self.prefetcher.limit)))
+        elif last - first > part and self.prefetcher.limit > 1:  # several parts at once: parts that end one
+            for i, j in staggered(first, last, -(-(last - first) // part)):  # after another
+                self.prefetcher.submit(self.key, self.size, i, j, self.fetch)
+            return
         for i in range(first, last, part):
             self.prefetcher.submit(self.key, self.size, i, min(last, i + part), self.fetch)
+
+
+def staggered(first: int, last: int, count: int) -> list[tuple[int, int]]:
+    """Blocks [first, last) as `count` runs (fewer if there are fewer blocks) that, fetched all at once
+    over a link they share evenly, end one after another at even intervals, the first run first.
+
+    Equal parts started together end together: the reader, waiting for the first, gets all at once,
+    and the link stands idle for a round trip while the next ones are asked for, at every wave. Run
+    k (of n) is longer than run k-1 by 1/(n-k+1) of a unit: the n-k+1 fetches still running share
+    the link between the two ends, so the ends are a unit of link time apart."""
+    blocks = last - first
+    count = max(1, min(count, blocks))
+    ends, done, bound = [], 0.0, 0
+    for k in range(1, count + 1):
+        done += sum(1 / (count - j + 1) for j in range(1, k + 1))  # run k: H(count) - H(count - k) units
+        bound = max(bound + 1, min(blocks - (count - k), round(blocks * done / count)))
+        ends.append(bound)
+    return [(first + a, first + b) for a, b in zip([0] + ends[:-1], ends)]
