@@ -83,9 +83,7 @@ class Prefetcher:
                 self._slots.wait(0.5)
             if self._closed:  # closed while waiting for a slot: nobody will read these blocks
                 return
-            self._active += 1
-            self._started += 1
-            alone, ticket = self._active + self._readers == 1, self._started
+            ticket = self._begin("_active")
         started = time.monotonic()
         try:
             fetched = self.blocks.fetch_run(key, size, first, last, fetch)
@@ -93,14 +91,25 @@ class Prefetcher:
             log.debug("readahead of blocks %d..%d of %r failed: %s", first, last - 1, key, exc)
             fetched = 0
         finally:
-            with self._slots:
-                self._active -= 1
-                alone = alone and self._started == ticket
-                self._slots.notify()
+            alone = self._end("_active", ticket)
         if fetched and alone:
             self._adapt(fetched * self.blocks.block_size / max(time.monotonic() - started, 1e-6))
         if fetched:
             self.measure(fetched * self.blocks.block_size, self._clock())
+
+    def _begin(self, counter: str) -> int | None:
+        """A fetch begins, counted in `counter` ("_active": readahead's, "_readers": readers' own); the
+        lock is held. Its ticket if it begins alone, else None."""
+        setattr(self, counter, getattr(self, counter) + 1)
+        self._started += 1
+        return self._started if self._active + self._readers == 1 else None
+
+    def _end(self, counter: str, ticket: int | None) -> bool:
+        """The fetch of `ticket` (from _begin) ended: whether it ran alone from start to end."""
+        with self._slots:
+            setattr(self, counter, getattr(self, counter) - 1)
+            self._slots.notify()
+            return ticket is not None and self._started == ticket
 
     def measure(self, nbytes: int, now: float) -> None:
         """`nbytes` more were fetched by readahead; at the end of each PERIOD, the total rate steers the limit."""
@@ -141,16 +150,12 @@ class Prefetcher:
         from its first request on."""
         def run(start: int, stop: int, write) -> None:
             with self._slots:
-                self._readers += 1
-                self._started += 1
-                alone, ticket = self._active + self._readers == 1, self._started
+                ticket = self._begin("_readers")
             began = time.monotonic()
             try:
                 fetch(start, stop, write)
             finally:
-                with self._slots:
-                    self._readers -= 1
-                    alone = alone and self._started == ticket
+                alone = self._end("_readers", ticket)
             if alone and not self.rated and stop - start >= self.blocks.block_size:  # (a small fetch's time is
                 # mostly its round trip: it would take any link for a slow one)
                 self._adapt((stop - start) / max(time.monotonic() - began, 1e-6))
