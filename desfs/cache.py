@@ -626,7 +626,7 @@ class BlockCache:
             if not missing:
                 break
             COUNTERS.add("block_misses")
-            pieces.update(self._fill(key, size, missing[0], missing[-1] + 1, fetch, unit=p))
+            pieces.update(self._fill(key, size, missing[0], missing[-1] + 1, fetch, unit=p)[0])
         parts: list[memoryview] = []
         for lo, hi, block in spans:
             if block is not None:
@@ -647,27 +647,24 @@ class BlockCache:
                 COUNTERS.add("block_hits")
                 return found
             COUNTERS.add("block_misses")
-            filled = self._fill(key, size, index, index + 1, fetch)
+            filled, _ = self._fill(key, size, index, index + 1, fetch)
             if index in filled:  # (else another thread took the load first: wait for it)
                 return filled[index]
 
     def fetch_run(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher) -> int:
         """Fetch the blocks [first, last) that are neither cached nor under way; returns how many came from
         the network (readahead: a disk tier's blocks say nothing of the link)."""
-        from_disk: list[int] = []
-        filled = self._fill(key, size, first, last, fetch, from_disk=from_disk)
-        return len(filled) - sum(from_disk)
+        return self._fill(key, size, first, last, fetch)[1]
 
     def _fill(self, key: Hashable, size: int, first: int, last: int, fetch: Fetcher,
-              unit: int | None = None, from_disk: list[int] | None = None) -> dict[int, Any]:
+              unit: int | None = None) -> tuple[dict[int, Any], int]:
         """The one path by which blocks come into the cache: claims the blocks [first, last) that are
         neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
         hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
-        blocks it fetched. Errors are handed to the waiters of the blocks not yet delivered, and raised.
+        blocks it brought in, and how many of them came from `fetch`. Errors are handed to the waiters of the blocks not yet delivered, and raised.
         `unit`: pieces of this size instead of blocks (see `view`'s `small`). Every key is (file key, index,
         size of the unit): a disk tier kept from a mount with another block size never answers for it.
-        Blocks a disk tier holds are read from it here, outside the cache's lock (how many: appended to
-        `from_disk`).
+        Blocks a disk tier holds are read from it here, outside the cache's lock.
         """
         bs = unit or self.block_size
         ident = lambda i: (key, i, bs)  # noqa: E731 (the size in the key: a disk tier outlives a --block-size)
@@ -687,8 +684,7 @@ class BlockCache:
                     filled[i] = found
                     self.blocks.fulfil(ident(i), found, promoted=True)
             claimed = [i for i in claimed if i not in filled]
-            if from_disk is not None:
-                from_disk.append(len(filled))
+        from_disk = len(filled)
         runs: list[list[int]] = []
         for i in claimed:
             if runs and runs[-1][-1] == i - 1:
@@ -717,7 +713,7 @@ class BlockCache:
                         if filled.pop(i, None) is not None:
                             self.blocks.discard(ident(i))
                 raise
-        return filled
+        return filled, len(filled) - from_disk
 
     @property
     def memory_bytes(self) -> int:
