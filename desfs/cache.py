@@ -661,7 +661,8 @@ class BlockCache:
         """The one path by which blocks come into the cache: claims the blocks [first, last) that are
         neither cached nor under way, fetches each contiguous run of them with one `fetch` call, and
         hands each block to its waiters (and the store) as soon as its bytes are in. Returns the
-        blocks it brought in, and how many of them came from `fetch`. Errors are handed to the waiters of the blocks not yet delivered, and raised.
+        blocks it brought in, and how many of them came from `fetch`. Errors are handed to the waiters
+        of the blocks not yet delivered, and raised.
         `unit`: pieces of this size instead of blocks (see `view`'s `small`). Every key is (file key, index,
         size of the unit): a disk tier kept from a mount with another block size never answers for it.
         Blocks a disk tier holds are read from it here, outside the cache's lock.

@@ -201,6 +201,7 @@ class ReadStream:
         self.window = 0  # bytes to keep fetched ahead of the reader
         self._start = 0  # where the current sequential run began
         self._high = -1  # end of the furthest read of the current sequential run (-1: none yet)
+        self._read = 0  # bytes the current run's reads asked for (less than its span when it skips ahead)
         self._requested = 0  # bytes up to which readahead has been asked for
         self._lock = threading.Lock()
 
@@ -211,7 +212,7 @@ class ReadStream:
             plan = self._plan(offset, length)
             # A read that jumped inside the file (not a sequential run yet, nor the file's start, where
             # sequential readers and header readers begin) fetches about what it asks: one round trip.
-            small = self._start > 0 and self._high - self._start <= SMALL_RUN
+            small = self._start > 0 and self._read <= SMALL_RUN
         if plan:
             self._submit(*plan)
         return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self._own,
@@ -231,10 +232,13 @@ class ReadStream:
         end = min(self.size, offset + length)
         if self._high >= 0 and self._high - slack <= offset <= self._high + slack:
             self._high = max(self._high, end)
+            self._read += max(0, end - offset)
         else:
-            self._start, self._high, self._requested = offset, end, 0
+            self._start, self._high, self._requested, self._read = offset, end, 0, max(0, end - offset)
         run = self._high - self._start
-        if run <= START_AFTER * self.min_window:
+        # (what was read, not the span: a reader that hops forward by less than the slack, as HDF5 does
+        # between a chunk index and its chunks, is not reading sequentially)
+        if self._read <= START_AFTER * self.min_window:
             self.window = 0
         else:  # as large as the run so far, and at once as large as the fetches allowed at once can fill
             wide = 2 * self.min_window * (self.prefetcher.limit if self.prefetcher is not None else 1)
@@ -290,4 +294,4 @@ def staggered(first: int, last: int, count: int) -> list[tuple[int, int]]:
         done += sum(1 / (count - j + 1) for j in range(1, k + 1))  # run k: H(count) - H(count - k) units
         bound = max(bound + 1, min(blocks - (count - k), round(blocks * done / count)))
         ends.append(bound)
-    return [(first + a, first + b) for a, b in zip([0] + ends[:-1], ends)]
+    return [(first + a, first + b) for a, b in zip([0] + ends[:-1], ends, strict=True)]

@@ -536,7 +536,8 @@ def test_staggered_parts_cover_the_range_and_end_one_after_another_on_a_shared_l
     for blocks, count in ((64, 8), (128, 16), (16, 4), (5, 2), (3, 8), (1, 1)):
         parts = staggered(10, 10 + blocks, count)
         sizes = [b - a for a, b in parts]
-        assert parts[0][0] == 10 and parts[-1][1] == 10 + blocks and all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
+        assert parts[0][0] == 10 and parts[-1][1] == 10 + blocks
+        assert all(p[1] == q[0] for p, q in zip(parts, parts[1:], strict=False))  # one after another, no gap
         assert len(parts) == min(count, blocks) and min(sizes) >= 1 and sizes == sorted(sizes), (blocks, count, sizes)
     ends = shared_link_ends([b - a for a, b in staggered(0, 64, 8)])
     assert all(abs(end - 8 * k) <= 4 for k, end in enumerate(ends, 1)), ends  # about every 8 s, first part first
@@ -585,6 +586,19 @@ def test_a_read_that_jumped_inside_the_file_fetches_pieces_until_its_run_passes_
     assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
     assert fetch.calls[-1] == (5 * MiB, 6 * MiB)
     pre.close()
+
+
+def test_reads_that_hop_forward_by_less_than_a_block_stay_small_and_set_off_no_readahead():
+    """An HDF5 reader's pattern: a chunk index node, then a chunk a little further on, and so on. Their span
+    passes SMALL_RUN and START_AFTER min_windows, what they read does not: pieces, no readahead."""
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    pre.rated = True
+    for pos in range(5 * MiB + 3000, 9 * MiB, 700 * KiB):  # 6 reads of 16 KiB, each 700 KiB after the last
+        assert stream.read(pos, 16 * KiB) == data[pos:pos + 16 * KiB]
+    assert stream._high - stream._start > 3 * MiB and stream.window == 0
+    pre.close()
+    assert len(fetch.calls) == 6 and all(b - a <= 128 * KiB for a, b in fetch.calls), fetch.calls
 
 
 def test_reads_from_the_start_of_a_file_fetch_whole_blocks():
