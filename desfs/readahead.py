@@ -268,11 +268,11 @@ class ReadStream:
         asked for at once (the window opening, a reader that caught up) are staggered."""
         bs = self.blocks.block_size
         first, last = start // bs, -(-stop // bs)
-        part = self._part_bytes() // bs
-        if stop >= self.size:  # the file's last parts: shared among the fetches allowed, so that they end together
-            part = max(1, min(part, -(-(last - first) // self.prefetcher.limit)))
-        elif last - first > part and self.prefetcher.limit > 1:  # several parts at once: parts that end one
-            for i, j in staggered(first, last, -(-(last - first) // part)):  # after another
+        # Near the file's end, smaller parts: what is left shared among the fetches allowed, so that the
+        # last ones end together (not one long part at one connection's pace at the end).
+        part = max(1, min(self._part_bytes() // bs, -(-(-(-self.size // bs) - first) // self.prefetcher.limit)))
+        if stop < self.size and last - first > part and self.prefetcher.limit > 1:  # several parts at once:
+            for i, j in staggered(first, last, -(-(last - first) // part)):  # parts that end one after another
                 self.prefetcher.submit(self.key, self.size, i, j, self.fetch)
             return
         for i in range(first, last, part):

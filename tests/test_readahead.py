@@ -561,6 +561,24 @@ def test_several_parts_asked_for_at_once_are_staggered_when_fetches_run_in_paral
         [(0, bs), (bs, 3 * bs), (3 * bs, 8 * bs), (8 * bs, 16 * bs)]
 
 
+def test_parts_shrink_near_the_end_of_the_file_so_that_the_last_ones_end_together():
+    bs = 256 * KiB
+    data = random.Random(19).randbytes(64 * bs)
+    fetch = GatedFetcher(data)
+    fetch.gate.set()
+    blocks = BlockCache(64 * MiB, bs, ttl=60)
+    pre = Prefetcher(blocks, 4, target_rate=1e12)  # (a lone fetch's rate keeps the 4 allowed)
+    stream = ReadStream(blocks, pre, ("f", 64 * bs), 64 * bs, fetch, min_window=bs, max_window=16 * MiB)
+    pre.rated, pre.limit = True, 4
+    stream.window = 64 * bs  # parts of 8 blocks, far from the end
+    for first, last in ((0, 8), (52, 56), (60, 64)):  # 12 and 4 blocks left: parts of 3 (staggered) and 1
+        stream._submit(first * bs, last * bs)
+        assert wait_for(lambda: all(has_block(blocks, ("f", 64 * bs), i) for i in range(first, last)))  # noqa: B023
+    pre.close()
+    assert sorted((a // bs, b // bs) for a, b in fetch.calls) == [(0, 8), (52, 53), (53, 56), (60, 61), (61, 62),
+                                                                 (62, 63), (63, 64)], fetch.calls
+
+
 def test_an_empty_read_at_the_start_then_one_within_the_slack_are_one_run():
     data, fetch, stream, pre = make(16 * MiB, block=256 * KiB)
     stream.read(0, 0)
