@@ -502,20 +502,26 @@ def test_no_more_fetches_at_once_than_allowed():
     assert len(fetch.calls) == 6
 
 
-def test_a_range_is_split_into_whole_parts_one_request_each():
-    bs = 256 * KiB
-    data = random.Random(17).randbytes(16 * MiB)
-    fetch = GatedFetcher(data)
+def submitted_parts(blocks_in_file, window, ranges, limit=None, bs=256 * KiB):
+    """The requests (in blocks, sorted) that `_submit` makes for each of `ranges` (in blocks) in turn, with a
+    rated link, `window` blocks and `limit` fetches allowed at once (None: one, the fetches' own rate)."""
+    size = blocks_in_file * bs
+    fetch = GatedFetcher(random.Random(17).randbytes(size))
     fetch.gate.set()
     blocks = BlockCache(64 * MiB, bs, ttl=60)
-    pre = Prefetcher(blocks, 4, target_rate=1)
-    stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
-    pre.rated = True  # (a rated link: parts of the window's share)
-    stream.window = 8 * bs  # parts of 4 blocks (one fetch allowed at once: two parts a window)
-    stream._submit(0, 12 * bs)
-    assert wait_for(lambda: all(has_block(blocks, ("f", 16 * MiB), i) for i in range(12)))
+    pre = Prefetcher(blocks, 4, target_rate=1 if limit is None else 1e12)  # (1e12: a lone fetch keeps the 4)
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=bs, max_window=16 * MiB)
+    pre.rated, pre.limit, stream.window = True, limit or 1, window * bs
+    for first, last in ranges:
+        stream._submit(first * bs, last * bs)
+        assert wait_for(lambda: all(has_block(blocks, ("f", size), i) for i in range(first, last)))  # noqa: B023
     pre.close()
-    assert sorted(fetch.calls) == [(0, 4 * bs), (4 * bs, 8 * bs), (8 * bs, 12 * bs)]
+    return sorted((a // bs, b // bs) for a, b in fetch.calls)
+
+
+def test_a_range_is_split_into_whole_parts_one_request_each():
+    # parts of 4 blocks (one fetch allowed at once: two parts a window)
+    assert submitted_parts(64, 8, [(0, 12)]) == [(0, 4), (4, 8), (8, 12)]
 
 
 def shared_link_ends(sizes):
@@ -545,38 +551,14 @@ def test_staggered_parts_cover_the_range_and_end_one_after_another_on_a_shared_l
 
 
 def test_several_parts_asked_for_at_once_are_staggered_when_fetches_run_in_parallel():
-    bs = 256 * KiB
-    data = random.Random(17).randbytes(16 * MiB)
-    fetch = GatedFetcher(data)
-    fetch.gate.set()
-    blocks = BlockCache(64 * MiB, bs, ttl=60)
-    pre = Prefetcher(blocks, 4, target_rate=1)
-    stream = ReadStream(blocks, pre, ("f", 16 * MiB), 16 * MiB, fetch, min_window=bs, max_window=4 * MiB)
-    pre.rated, pre.limit = True, 4
-    stream.window = 16 * bs  # parts of 4 blocks: the window shared among the 4 fetches allowed
-    stream._submit(0, 16 * bs)
-    assert wait_for(lambda: all(has_block(blocks, ("f", 16 * MiB), i) for i in range(16)))
-    pre.close()
-    assert sorted(fetch.calls) == [(a * bs, b * bs) for a, b in staggered(0, 16, 4)] == \
-        [(0, bs), (bs, 3 * bs), (3 * bs, 8 * bs), (8 * bs, 16 * bs)]
+    # parts of 4 blocks: the window shared among the 4 fetches allowed
+    assert submitted_parts(64, 16, [(0, 16)], limit=4) == staggered(0, 16, 4) == [(0, 1), (1, 3), (3, 8), (8, 16)]
 
 
 def test_parts_shrink_near_the_end_of_the_file_so_that_the_last_ones_end_together():
-    bs = 256 * KiB
-    data = random.Random(19).randbytes(64 * bs)
-    fetch = GatedFetcher(data)
-    fetch.gate.set()
-    blocks = BlockCache(64 * MiB, bs, ttl=60)
-    pre = Prefetcher(blocks, 4, target_rate=1e12)  # (a lone fetch's rate keeps the 4 allowed)
-    stream = ReadStream(blocks, pre, ("f", 64 * bs), 64 * bs, fetch, min_window=bs, max_window=16 * MiB)
-    pre.rated, pre.limit = True, 4
-    stream.window = 64 * bs  # parts of 8 blocks, far from the end
-    for first, last in ((0, 8), (52, 56), (60, 64)):  # 12 and 4 blocks left: parts of 3 (staggered) and 1
-        stream._submit(first * bs, last * bs)
-        assert wait_for(lambda: all(has_block(blocks, ("f", 64 * bs), i) for i in range(first, last)))  # noqa: B023
-    pre.close()
-    assert sorted((a // bs, b // bs) for a, b in fetch.calls) == [(0, 8), (52, 53), (53, 56), (60, 61), (61, 62),
-                                                                 (62, 63), (63, 64)], fetch.calls
+    # parts of 8 blocks far from the end; 12 and 4 blocks left: parts of 3 (staggered) and 1
+    assert submitted_parts(64, 64, [(0, 8), (52, 56), (60, 64)], limit=4) == \
+        [(0, 8), (52, 53), (53, 56), (60, 61), (61, 62), (62, 63), (63, 64)]
 
 
 def test_an_empty_read_at_the_start_then_one_within_the_slack_are_one_run():
