@@ -1,14 +1,16 @@
 """Readahead layer: per open file, detect sequential reading and fetch ahead of it in parallel.
 
 Works on a BlockCache and a streaming fetcher; knows no HTTP and no FUSE. A
-stream starts with no readahead. Once a run of sequential reads has covered
-more than START_AFTER times `min_window` (more than the kernel reads on its own
-after one read: the read, up to 1 MiB, and one readahead window of up to 1 MiB),
-the window is as large as the run so far (so it doubles as the reader keeps up),
-from `min_window` up to `max_window`, and the bytes in it are fetched as parts
-of several blocks on a small pool of threads. A read far from the run starts a
-new one with no readahead, so random access (a FITS header, a seek to one HDU)
-costs only the blocks it touches.
+stream starts with no readahead. Once a run of sequential reads has read more
+than START_AFTER times `min_window` (more than the kernel reads on its own after
+one read: the read, up to 1 MiB, and one readahead window of up to 1 MiB), the
+window is as large as the run so far (so it doubles as the reader keeps up),
+from `min_window` up to `max_window`, and past WIDE_AFTER at once as large as
+the fetches allowed can fill; the bytes in it are fetched as parts of several
+blocks on a small pool of threads. A read far from the run starts a new one with
+no readahead, so random access (a FITS header, a seek to one HDU) costs only the
+blocks it touches; reads that cover less than half the run's span (a reader
+hopping forward) are no sequential run either.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from desfs.cache import BlockCache, Fetcher
 
 log = logging.getLogger(__name__)
 
-START_AFTER = 2  # a sequential run gets readahead once it has covered more than this many min_windows
+START_AFTER = 2  # a sequential run gets readahead once it has read more than this many min_windows
+WIDE_AFTER = 4  # ... and a window the link can fill (not only the run's length) past this many
 SMALL_RUN = 256 * 1024  # a run that starts inside a file is read in small pieces until it is longer than this
 
 
@@ -202,6 +205,7 @@ class ReadStream:
         self._start = 0  # where the current sequential run began
         self._high = -1  # end of the furthest read of the current sequential run (-1: none yet)
         self._read = 0  # bytes the current run's reads asked for (less than its span when it skips ahead)
+        self._small = False  # the last read was not part of a sequential run: it fetches about what it asks
         self._requested = 0  # bytes up to which readahead has been asked for
         self._lock = threading.Lock()
 
@@ -210,9 +214,7 @@ class ReadStream:
         with self._lock:
             asked = self.window > 0 and self._start <= offset < self._requested  # readahead has asked for it
             plan = self._plan(offset, length)
-            # A read that jumped inside the file (not a sequential run yet, nor the file's start, where
-            # sequential readers and header readers begin) fetches about what it asks: one round trip.
-            small = self._start > 0 and self._read <= SMALL_RUN
+            small = self._small
         if plan:
             self._submit(*plan)
         return self.blocks.view(self.key, self.size, offset, length, self._overtaking if asked else self._own,
@@ -236,10 +238,18 @@ class ReadStream:
         else:
             self._start, self._high, self._requested, self._read = offset, end, 0, max(0, end - offset)
         run = self._high - self._start
-        # (what was read, not the span: a reader that hops forward by less than the slack, as HDF5 does
-        # between a chunk index and its chunks, is not reading sequentially)
-        if self._read <= START_AFTER * self.min_window:
+        # What the run has read: no more than its span (bytes read again count once), and a run whose
+        # reads cover less than half its span hops forward (HDF5 between its chunk index and its chunks,
+        # a column of chunks): it is not reading sequentially, whatever its length.
+        covered = min(self._read, run)
+        sequential = 2 * covered >= run
+        # A read that jumped inside the file (not the file's start, where sequential readers and header
+        # readers begin) and is not (yet) part of a sequential run fetches about what it asks: one round trip.
+        self._small = self._start > 0 and (covered <= SMALL_RUN or not sequential)
+        if covered <= START_AFTER * self.min_window or not sequential:
             self.window = 0
+        elif covered <= WIDE_AFTER * self.min_window:  # a young run: a window as large as the run so far
+            self.window = min(self.max_window, max(self.min_window, run))
         else:  # as large as the run so far, and at once as large as the fetches allowed at once can fill
             wide = 2 * self.min_window * (self.prefetcher.limit if self.prefetcher is not None else 1)
             self.window = min(self.max_window, max(self.min_window, run, wide))
@@ -271,8 +281,9 @@ class ReadStream:
         # Near the file's end, smaller parts: what is left shared among the fetches allowed, so that the
         # last ones end together (not one long part at one connection's pace at the end).
         part = max(1, min(self._part_bytes() // bs, -(-(-(-self.size // bs) - first) // self.prefetcher.limit)))
-        if stop < self.size and last - first > part and self.prefetcher.limit > 1:  # several parts at once:
-            for i, j in staggered(first, last, -(-(last - first) // part)):  # parts that end one after another
+        parts = -(-(last - first) // part)
+        if stop < self.size and 1 < parts <= self.prefetcher.limit:  # several parts, all fetched at once:
+            for i, j in staggered(first, last, parts):  # parts that end one after another
                 self.prefetcher.submit(self.key, self.size, i, j, self.fetch)
             return
         for i in range(first, last, part):
@@ -286,12 +297,26 @@ def staggered(first: int, last: int, count: int) -> list[tuple[int, int]]:
     Equal parts started together end together: the reader, waiting for the first, gets all at once,
     and the link stands idle for a round trip while the next ones are asked for, at every wave. Run
     k (of n) is longer than run k-1 by 1/(n-k+1) of a unit: the n-k+1 fetches still running share
-    the link between the two ends, so the ends are a unit of link time apart."""
+    the link between the two ends, so the ends are a unit of link time apart. Whole blocks, each
+    run at least one and none shorter than the one before."""
     blocks = last - first
+    if blocks <= 0:
+        return []
     count = max(1, min(count, blocks))
-    ends, done, bound = [], 0.0, 0
+    ideal, step = [], 0.0
     for k in range(1, count + 1):
-        done += sum(1 / (count - j + 1) for j in range(1, k + 1))  # run k: H(count) - H(count - k) units
-        bound = max(bound + 1, min(blocks - (count - k), round(blocks * done / count)))
-        ends.append(bound)
-    return [(first + a, first + b) for a, b in zip([0] + ends[:-1], ends, strict=True)]
+        step += 1 / (count - k + 1)  # run k: H(count) - H(count - k) units, k = 1..count (they sum to count)
+        ideal.append(step)
+    sizes = [1] * count  # at least a block each; the rest shared out in proportion, rounded down
+    spare = blocks - count
+    total = sum(ideal)
+    for k, share in enumerate(ideal):
+        sizes[k] += int(spare * share / total)
+    for k in range(count - 1, count - 1 - (blocks - sum(sizes)), -1):  # what rounding left: the longest runs
+        sizes[k] += 1
+    sizes.sort()
+    runs, at = [], first
+    for n in sizes:
+        runs.append((at, at + n))
+        at += n
+    return runs

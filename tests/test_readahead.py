@@ -34,12 +34,12 @@ class Fetcher:
         return sum(b - a for a, b in self.calls)
 
 
-def make(size, block=256 * KiB, max_window=4 * MiB, workers=4, cache=64 * MiB, **kw):
+def make(size, block=256 * KiB, max_window=4 * MiB, workers=4, cache=64 * MiB, min_window=None, **kw):
     data = random.Random(size).randbytes(size)
     fetch = Fetcher(data, **kw)
     blocks = BlockCache(cache, block, ttl=60)
     pre = Prefetcher(blocks, workers)
-    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=block, max_window=max_window)
+    stream = ReadStream(blocks, pre, ("f", size), size, fetch, min_window=min_window or block, max_window=max_window)
     return data, fetch, stream, pre
 
 
@@ -550,9 +550,39 @@ def test_staggered_parts_cover_the_range_and_end_one_after_another_on_a_shared_l
     assert shared_link_ends([8] * 8) == [64.0] * 8  # (equal parts: all at the end)
 
 
+@settings(max_examples=300, deadline=None)
+@given(count=st.integers(2, 32), extra=st.integers(0, 256))
+def test_staggered_runs_never_shrink_from_one_to_the_next(count, extra):
+    """staggered's promise: over a shared link the runs end one after another, the first run first; that
+    takes every run at least as long as the one before (rounding each end on its own once gave
+    staggered(0, 29, 12) -> sizes [1, 1, 1, 1, 1, 1, 1, 2, 4, 3, 6, 7]: the 9th run ending after the 10th)."""
+    blocks = count + extra
+    sizes = [b - a for a, b in staggered(0, blocks, count)]
+    assert sizes == sorted(sizes), (blocks, count, sizes)
+
+
+def test_staggered_is_linear_in_its_count():
+    """count is the window over the part size (at most 8 blocks), so --block-size 4K with --readahead 1G
+    --cache-size 4G could ask for 32768 parts at once, in a FUSE read thread with the GIL held: a running
+    sum takes milliseconds (summing 1..k terms for every run k took ~10 s for 20000)."""
+    began = time.monotonic()
+    parts = staggered(0, 8 * 20000, 20000)
+    elapsed = time.monotonic() - began
+    assert len(parts) == 20000 and parts[-1][1] == 8 * 20000
+    assert elapsed < 2.0, f"{elapsed:.1f} s for 20000 parts"
+
+
+def test_staggered_of_no_blocks_is_no_runs():
+    """(_submit only calls it with more blocks than a part.) No run outside the range."""
+    assert staggered(5, 5, 1) == []
+    assert staggered(5, 5, 4) == []
+
+
 def test_several_parts_asked_for_at_once_are_staggered_when_fetches_run_in_parallel():
     # parts of 4 blocks: the window shared among the 4 fetches allowed
     assert submitted_parts(64, 16, [(0, 16)], limit=4) == staggered(0, 16, 4) == [(0, 1), (1, 3), (3, 8), (8, 16)]
+    # more parts than fetches allowed: not all run at once, so equal parts (staggered, the last ones would be long)
+    assert submitted_parts(128, 64, [(0, 40)], limit=4) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
 
 
 def test_parts_shrink_near_the_end_of_the_file_so_that_the_last_ones_end_together():
@@ -599,6 +629,35 @@ def test_reads_that_hop_forward_by_less_than_a_block_stay_small_and_set_off_no_r
     assert stream._high - stream._start > 3 * MiB and stream.window == 0
     pre.close()
     assert len(fetch.calls) == 6 and all(b - a <= 128 * KiB for a, b in fetch.calls), fetch.calls
+
+
+def test_rereading_the_same_bytes_is_not_a_sequential_run():
+    """A reader that reads the same 64 KiB again and again (O_DIRECT, or anything the page cache does not
+    absorb) covers 64 KiB: it is no sequential run (bytes read again count once): pieces, no readahead."""
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB, max_window=64 * MiB)
+    pos = 5 * MiB + 3000
+    try:
+        for _ in range(40):
+            assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+        assert stream.window == 0 and stream._requested == 0, (stream.window, stream._requested)
+        assert sum(b - a for a, b in fetch.calls) <= 128 * KiB, fetch.calls  # the pieces, once
+    finally:
+        pre.close()
+
+
+def test_reading_backwards_within_a_large_block_sets_off_no_readahead():
+    """With --block-size 4M the slack is 4 MiB, so a reader going backwards in 64 KiB reads stays in one run
+    for 4 MiB; what it read passes START_AFTER min_windows (2 MiB), but readahead would fetch *forward* of
+    the run's furthest read, where this reader never goes: its span (64 KiB) bounds what counts as read."""
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=4 * MiB, max_window=64 * MiB, min_window=1 * MiB)
+    try:
+        for pos in range(40 * MiB - 64 * KiB, 36 * MiB, -64 * KiB):
+            assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+        assert stream.window == 0 and stream._requested == 0, (stream.window, stream._requested)
+    finally:
+        pre.close()
 
 
 def test_reads_from_the_start_of_a_file_fetch_whole_blocks():
@@ -656,14 +715,21 @@ def test_own_fetches_that_overlapped_another_do_not_rate_the_link():
 
 
 def test_once_rated_the_window_opens_at_once_to_two_min_windows_per_fetch_allowed():
+    from desfs.readahead import WIDE_AFTER
+
     size = 64 * MiB
     data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
-    pre.rated, pre.limit = True, 6
-    for off in range(0, 3 * 256 * KiB, 256 * KiB):
+    pre.rated, pre.limit, pre.target_rate = True, 4, 1e12  # (the fetches' own rate keeps the 4 allowed)
+    windows = []
+    for off in range(0, 5 * 256 * KiB, 256 * KiB):
         stream.read(off, 256 * KiB)
-    assert stream.window == 2 * 256 * KiB * 6  # not the run's 768 KiB
+        windows.append(stream.window)
+    assert WIDE_AFTER == 4
+    # young (more than START_AFTER, at most WIDE_AFTER min_windows read): the run's own length; then at once
+    # what the 4 fetches allowed can fill, not the run's 1.25 MiB
+    assert windows == [0, 0, 768 * KiB, 1 * MiB, 2 * 256 * KiB * 4]
     pre.limit = 100
-    stream.read(3 * 256 * KiB, 256 * KiB)
+    stream.read(5 * 256 * KiB, 256 * KiB)
     assert stream.window == 16 * MiB  # never beyond the cap
     pre.close()
 
