@@ -5,9 +5,9 @@ stream starts with no readahead. Once a run of sequential reads has read more
 than START_AFTER times `min_window` (more than the kernel reads on its own after
 one read: the read, up to 1 MiB, and one readahead window of up to 1 MiB), the
 window is as large as the run so far (so it doubles as the reader keeps up),
-from `min_window` up to `max_window`, and past WIDE_AFTER at once as large as
-the fetches allowed can fill; the bytes in it are fetched as parts of several
-blocks on a small pool of threads. A read far from the run starts a new one with
+from `min_window` up to `max_window`, and at once as large as the fetches
+allowed can fill; the bytes in it are fetched as parts of several blocks on a
+small pool of threads. A read far from the run starts a new one with
 no readahead, so random access (a FITS header, a seek to one HDU) costs only the
 blocks it touches; reads that cover less than half the run's span (a reader
 hopping forward) are no sequential run either.
@@ -27,7 +27,6 @@ from desfs.cache import BlockCache, Fetcher
 log = logging.getLogger(__name__)
 
 START_AFTER = 2  # a sequential run gets readahead once it has read more than this many min_windows
-WIDE_AFTER = 4  # ... and a window the link can fill (not only the run's length) past this many
 SMALL_RUN = 256 * 1024  # a run that starts inside a file is read in small pieces until it is longer than this
 
 
@@ -248,8 +247,6 @@ class ReadStream:
         self._small = self._start > 0 and (covered <= SMALL_RUN or not sequential)
         if covered <= START_AFTER * self.min_window or not sequential:
             self.window = 0
-        elif covered <= WIDE_AFTER * self.min_window:  # a young run: a window as large as the run so far
-            self.window = min(self.max_window, max(self.min_window, run))
         else:  # as large as the run so far, and at once as large as the fetches allowed at once can fill
             wide = 2 * self.min_window * (self.prefetcher.limit if self.prefetcher is not None else 1)
             self.window = min(self.max_window, max(self.min_window, run, wide))

@@ -715,8 +715,6 @@ def test_own_fetches_that_overlapped_another_do_not_rate_the_link():
 
 
 def test_once_rated_the_window_opens_at_once_to_two_min_windows_per_fetch_allowed():
-    from desfs.readahead import WIDE_AFTER
-
     size = 64 * MiB
     data, fetch, stream, pre = make(size, block=256 * KiB, max_window=16 * MiB)
     pre.rated, pre.limit, pre.target_rate = True, 4, 1e12  # (the fetches' own rate keeps the 4 allowed)
@@ -724,10 +722,8 @@ def test_once_rated_the_window_opens_at_once_to_two_min_windows_per_fetch_allowe
     for off in range(0, 5 * 256 * KiB, 256 * KiB):
         stream.read(off, 256 * KiB)
         windows.append(stream.window)
-    assert WIDE_AFTER == 4
-    # young (more than START_AFTER, at most WIDE_AFTER min_windows read): the run's own length; then at once
-    # what the 4 fetches allowed can fill, not the run's 1.25 MiB
-    assert windows == [0, 0, 768 * KiB, 1 * MiB, 2 * 256 * KiB * 4]
+    # at once what the 4 fetches allowed can fill, not the run's 768 KiB to 1.25 MiB
+    assert windows == [0, 0] + [2 * 256 * KiB * 4] * 3
     pre.limit = 100
     stream.read(5 * 256 * KiB, 256 * KiB)
     assert stream.window == 16 * MiB  # never beyond the cap
