@@ -660,6 +660,22 @@ def test_reading_backwards_within_a_large_block_sets_off_no_readahead():
         pre.close()
 
 
+def test_a_run_is_sequential_while_its_reads_cover_at_least_half_of_its_span():
+    size = 64 * MiB
+    data, fetch, stream, pre = make(size, block=1 * MiB)
+    base = 5 * MiB + 3000  # reads of 64 KiB: a gap of 128 KiB after the first, then one every 128 KiB
+    for pos in [base] + [base + 192 * KiB + 128 * KiB * i for i in range(4)]:
+        assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+    assert (stream._read, stream._high - stream._start) == (320 * KiB, 640 * KiB)
+    assert not stream._small  # exactly half of the span read (and more than SMALL_RUN): sequential, whole blocks
+    assert fetch.calls[-1] == (5 * MiB, 6 * MiB)
+    for pos in range(30 * MiB, 31 * MiB, 160 * KiB):  # a new run, 64 KiB every 160 KiB: 40 % of its span
+        assert stream.read(pos, 64 * KiB) == data[pos:pos + 64 * KiB]
+    assert stream._read == 7 * 64 * KiB and stream._small  # more than SMALL_RUN read, but too sparse: pieces
+    assert all(b - a <= 128 * KiB for a, b in fetch.calls if a >= 30 * MiB)
+    pre.close()
+
+
 def test_reads_from_the_start_of_a_file_fetch_whole_blocks():
     size = 16 * MiB
     data, fetch, stream, pre = make(size, block=1 * MiB)
