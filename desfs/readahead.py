@@ -277,7 +277,8 @@ class ReadStream:
         first, last = start // bs, -(-stop // bs)
         # Near the file's end, smaller parts: what is left shared among the fetches allowed, so that the
         # last ones end together (not one long part at one connection's pace at the end).
-        part = max(1, min(self._part_bytes() // bs, -(-(-(-self.size // bs) - first) // self.prefetcher.limit)))
+        left = -(-self.size // bs) - first  # blocks from here to the end of the file
+        part = max(1, min(self._part_bytes() // bs, -(-left // self.prefetcher.limit)))
         parts = -(-(last - first) // part)
         if stop < self.size and 1 < parts <= self.prefetcher.limit:  # several parts, all fetched at once:
             for i, j in staggered(first, last, parts):  # parts that end one after another
