@@ -431,6 +431,59 @@ def test_a_failed_disk_read_releases_every_block_it_claimed():
     assert blocks.read("f", len(data), 0, 4000, fetch) == data[:4000]  # no claim left behind: no wait, no timeout
 
 
+def test_a_failed_disk_read_hands_its_error_to_a_reader_waiting_for_a_block_it_claimed():
+    """The fetch that claimed blocks 0..3 fails reading block 1 from disk: a reader already waiting for block 2
+    gets that error (as _fill promises), not an empty answer that would send it to read the block again."""
+    import sys
+
+    class StuckThenBroken(CountingStore):
+        def __init__(self, budget):
+            super().__init__(budget)
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def get(self, key):
+            if key == ("f", 1, 1000):
+                self.entered.set()
+                self.go.wait(10)
+                raise OSError(5, "the disk failed")
+            return super().get(key)
+
+    lower = StuckThenBroken(1 << 20)
+    data = bytes(range(256)) * 40
+    blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower, patience=lambda n: 10)
+    fetch = lambda a, b, write: write(data[a:b])  # noqa: E731
+    fetcher = threading.Thread(target=lambda: pytest.raises(OSError, blocks.fetch_run, "f", len(data), 0, 4, fetch))
+    fetcher.start()
+    assert lower.entered.wait(10)  # blocks 0..3 claimed; block 1's disk read under way
+    got = []
+
+    def reader():
+        try:
+            got.append(blocks.block("f", len(data), 2, fetch))
+        except OSError as exc:
+            got.append(exc)
+
+    waiting = threading.Thread(target=reader)
+    waiting.start()
+
+    def in_wait():  # the reader's thread is inside LoadingCache._wait (for the claim of block 2)
+        frame = sys._current_frames().get(waiting.ident)
+        while frame is not None:
+            if "_wait" in frame.f_code.co_name:  # (under mutmut its name has a prefix and a suffix)
+                return True
+            frame = frame.f_back
+        return False
+
+    deadline = time.monotonic() + 10
+    while not in_wait() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert in_wait()
+    lower.go.set()
+    fetcher.join(10)
+    waiting.join(10)
+    assert len(got) == 1 and isinstance(got[0], OSError) and got[0].errno == 5, got
+
+
 def test_a_block_cache_waits_for_room_in_the_write_queue_before_bringing_more():
     lower = SlowStore(1 << 20)
     blocks = BlockCache(1 << 20, 1000, ttl=60, below=lower)
