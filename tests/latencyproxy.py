@@ -67,6 +67,13 @@ class LatencyProxy:
             self._loop.run_forever()
         finally:
             server.close()
+            # the connections' coroutines end here, in their loop, not when they are garbage collected
+            # after it is gone (that warned "Event loop is closed" from pytest's unraisable hook)
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
